@@ -1,0 +1,116 @@
+"""The decision record: every routing decision with the provenance that explains it.
+
+Every field a finance or incident review needs is mandatory: the model has no defaults for
+them, so a record missing one cannot be constructed (and the Avro schema, whose fields are
+not nullable either, cannot encode one).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dispatch_core.task import WorkloadClass
+
+#: Namespace of decision ids: uuid5(namespace, "service/task_id") is stable across workers.
+DECISION_NAMESPACE = uuid.UUID("5b7f0c1e-8d2a-4e6b-9a41-0d15c0de0001")
+
+Mode = Literal["off", "shadow", "enforce"]
+Arm = Literal["stable", "canary"]
+
+
+class Trigger(StrEnum):
+    """The standard reasons a decision departs from the tier a task asked for."""
+
+    BUDGET_SOFT = "budget_soft"  # spend past a budget's soft threshold: one step down
+    BUDGET_HARD = "budget_hard"  # the estimate would cross a cap: down to a tier that fits, or reject
+    TREND = "trend"  # spend projected to window end crosses a cap: one step down, pre-emptively
+    LOAD = "load"  # the chosen executor reports saturation: next cheaper tier meeting the SLA
+    SLA_GUARD = "sla_guard"  # the tier's p95 exceeds the task's SLA: nearest tier that meets it
+    POLICY = "policy"  # a policy rule forced the tier, or the request was not allowed
+    SHADOW = "shadow"  # shadow mode: decided in full, routed as asked
+    FLAG = "flag"  # the service's adoption flag is off: routed as asked, unmanaged
+    LEDGER_UNAVAILABLE = "ledger_unavailable"  # Redis unreachable: fail closed or open
+    INVALID = "invalid"  # the task failed validation
+
+
+class Outcome(StrEnum):
+    ROUTED = "routed"  # assigned the tier it asked for
+    DOWNGRADED = "downgraded"  # assigned a cheaper tier
+    REROUTED = "rerouted"  # assigned another tier that is not cheaper (e.g. to meet its SLA)
+    REJECTED = "rejected"  # not routed at all
+
+
+def decision_id_for(service: str, task_id: str) -> str:
+    """Deterministic decision id: a redelivered task maps to the same decision."""
+    return str(uuid.uuid5(DECISION_NAMESPACE, f"{service}/{task_id}"))
+
+
+class BudgetState(BaseModel):
+    """One budget scope as the decision saw it, and what the decision added to it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    budget_id: str
+    scope: str
+    window: str
+    window_start: datetime
+    window_end: datetime
+    limit: Decimal
+    soft_pct: float
+    spent: Decimal
+    reserved_before: Decimal
+    committed_after: Decimal
+    projected: Decimal
+    trend_active: bool
+
+
+class Decision(BaseModel):
+    """A routing decision and its full provenance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decision_id: str
+    task_id: str
+    service: str
+    workload: WorkloadClass
+    task_type: str
+    tenant: str | None
+    outcome: Outcome
+    mode: Mode
+    canary_arm: Arm
+    policy_version: str
+    policy_name: str
+    rule_id: str
+    complexity_score: float
+    complexity_raw: float
+    complexity_inputs: dict[str, float]
+    baseline_mean: float
+    baseline_std: float
+    baseline_n: int
+    requested_tier: str | None
+    asked_tier: str | None = Field(description="what the task would get with no enforcement")
+    enforced_tier: str | None = Field(description="what enforcement decides (differs from assigned in shadow)")
+    assigned_tier: str | None = Field(description="where the task is actually routed; None if rejected")
+    executor: str | None
+    triggers: list[Trigger]
+    rationale: str
+    currency: str
+    estimate_asked: Decimal
+    estimate_assigned: Decimal
+    reserved: Decimal
+    budgets: list[BudgetState]
+    sla_ms: float
+    executor_p95_ms: float | None
+    engine_version: str
+    decided_at: datetime
+    decision_latency_ms: float
+
+    @property
+    def routed(self) -> bool:
+        return self.assigned_tier is not None

@@ -1,0 +1,161 @@
+"""The budget ledger in Redis: one pipelined read per batch, one atomic Lua commit per batch.
+
+Caps hold across any number of workers because the cap check and the reservation happen in
+the same Lua script (no check-then-increment race, LiteLLM #34732), amounts are integer
+micro-units (no float re-seeding, #28247), there is no per-process cache of spend (#33325),
+and every write is keyed by the deterministic decision id, so a redelivered task is never
+charged twice. Redis failures are translated to ``LedgerUnavailable`` here, at the edge.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from importlib import resources
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from dispatch_core import keys
+from dispatch_core.classify import Baseline
+from dispatch_core.decision import Decision
+from dispatch_core.engine import LoadReport, Plan, ScopeState, Snapshot
+from dispatch_core.redis_io import guarded
+from dispatch_core.money import from_micros, to_micros
+from dispatch_core.policy import Policy
+
+
+
+def _lua(name: str) -> str:
+    return resources.files("dispatch_core.lua").joinpath(f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What the ledger did with one planned decision."""
+
+    status: Literal["ok", "dup", "over"]
+    stored: Decision | None = None  # the first decision, when status is "dup"
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The result of settling one reservation with its actual cost."""
+
+    decision_id: str
+    status: Literal["settled", "late", "dup", "unknown"]
+    reserved: Decimal
+    actual: Decimal
+    scopes: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A reservation released because it was never settled in time."""
+
+    decision_id: str
+    amount: Decimal
+
+
+class RedisLedger:
+    """Budget state, rolling baselines, stored decisions and load reports, in Redis."""
+
+    def __init__(self, redis: Redis, *, decision_ttl_s: float = 7 * 24 * 3600.0) -> None:
+        self.redis = redis
+        self.decision_ttl_ms = int(decision_ttl_s * 1000)
+        self._commit = redis.register_script(_lua("commit"))
+        self._settle = redis.register_script(_lua("settle"))
+        self._release = redis.register_script(_lua("release"))
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout_s: float = 0.5, decision_ttl_s: float = 7 * 24 * 3600.0) -> RedisLedger:
+        client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True)
+        return cls(client, decision_ttl_s=decision_ttl_s)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def read(
+        self, scope_keys: Iterable[str], baseline_keys: Iterable[str], decision_ids: Iterable[str]
+    ) -> tuple[Snapshot, dict[str, Decision]]:
+        """Everything a batch of decisions needs, in one pipelined round trip."""
+        scopes, baselines, ids = sorted(set(scope_keys)), sorted(set(baseline_keys)), sorted(set(decision_ids))
+
+        async def run() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for k in scopes:
+                pipe.hmget(k, "spent", "reserved", "trend")
+            for k in baselines:
+                pipe.hmget(k, "n", "mean", "var")
+            pipe.hgetall(keys.LOAD)
+            if ids:
+                pipe.mget([keys.decision(d) for d in ids])
+            return await pipe.execute()
+
+        replies = await guarded(run)
+        snap = Snapshot()
+        for k, (spent, reserved, trend) in zip(scopes, replies, strict=False):
+            snap.scopes[k] = ScopeState(int(spent or 0), int(reserved or 0), trend == "1")
+        for k, (n, mean, var) in zip(baselines, replies[len(scopes) :], strict=False):
+            snap.baselines[k] = Baseline(int(n or 0), float(mean or 0.0), float(var or 0.0))
+        for executor, raw in replies[len(scopes) + len(baselines)].items():
+            rep = json.loads(raw)
+            snap.load[executor] = LoadReport(float(rep["saturation"]), datetime.fromisoformat(rep["at"]))
+        stored = {}
+        if ids:
+            for d, raw in zip(ids, replies[-1], strict=True):
+                if raw is not None:
+                    stored[d] = Decision.model_validate_json(raw)
+        return snap, stored
+
+    async def commit(self, plans: Sequence[Plan], policies: Sequence[Policy]) -> list[CommitResult]:
+        """Commit planned decisions atomically and in order; ``policies[i]`` decided ``plans[i]``."""
+        items = []
+        for plan, policy in zip(plans, policies, strict=True):
+            model = policy.classes[plan.decision.workload].complexity
+            items.append(
+                {
+                    "d": plan.decision.decision_id,
+                    "rec": plan.decision.model_dump_json(),
+                    "ttl": self.decision_ttl_ms,
+                    "amt": plan.amount,
+                    "enforce": 1 if plan.enforce else 0,
+                    "scopes": [{"k": c.key, "lim": c.limit, "exp": c.expire_at_ms} for c in plan.charges],
+                    "exp": plan.expires_at_ms,
+                    "bl": {"k": plan.baseline_key, "x": plan.raw_complexity, "a": model.alpha,
+                           "m0": model.prior_mean, "v0": model.prior_std**2},
+                    "tr": [[k, 1 if f else 0, exp] for k, f, exp in plan.trend_flags],
+                }
+            )
+        if not items:
+            return []
+        reply = await guarded(lambda: self._commit(args=[json.dumps(items)]))
+        out = []
+        for status, stored in zip(reply[0::2], reply[1::2], strict=True):
+            out.append(CommitResult(status, Decision.model_validate_json(stored) if status == "dup" else None))
+        return out
+
+    async def settle(self, decision_id: str, actual: Decimal) -> Settlement:
+        """Settle a reservation with the actual cost; a repeated settlement changes nothing."""
+        status, amt, scopes = await guarded(lambda: self._settle(args=[decision_id, to_micros(actual)]))
+        return Settlement(decision_id, status, from_micros(int(amt)), actual, json.loads(scopes) if scopes != "{}" else [])
+
+    async def release_expired(self, now: datetime, limit: int = 500) -> list[Release]:
+        """Release reservations whose settlement never came before their expiry."""
+        now_ms = int(now.timestamp() * 1000)
+        reply = await guarded(lambda: self._release(args=[now_ms, limit]))
+        return [Release(d, from_micros(int(a))) for d, a in zip(reply[0::2], reply[1::2], strict=True)]
+
+    async def report_load(self, executor: str, saturation: float, at: datetime | None = None) -> None:
+        """Record an executor's saturation (0..1) for the ``load`` trigger."""
+        at = at or datetime.now(UTC)
+        payload = json.dumps({"saturation": saturation, "at": at.isoformat()})
+        await guarded(lambda: self.redis.hset(keys.LOAD, executor, payload))
+
+    async def scope(self, key: str) -> ScopeState:
+        """One budget scope's current state (for reports and tests)."""
+        spent, reserved, trend = await guarded(lambda: self.redis.hmget(key, "spent", "reserved", "trend"))
+        return ScopeState(int(spent or 0), int(reserved or 0), trend == "1")

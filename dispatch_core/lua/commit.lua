@@ -1,0 +1,66 @@
+-- Commit a batch of decisions atomically, in order. Idempotent by decision id.
+-- ARGV[1]: JSON array of items:
+--   {d: decision id, rec: record JSON, ttl: record lifetime ms, amt: micro-units to reserve,
+--    enforce: 0|1, scopes: [{k: budget key, lim: cap, exp: key expiry ms}], exp: reservation expiry ms,
+--    bl: {k, x: raw complexity, a: alpha, m0: prior mean, v0: prior variance},
+--    tr: [[budget key, 0|1, key expiry ms]]}
+-- Reply: flat array, two entries per item: status ("ok" | "dup" | "over"), and for "dup"
+-- the stored record (a redelivered task gets its first decision back, with no second charge).
+local items = cjson.decode(ARGV[1])
+local out = {}
+for _, it in ipairs(items) do
+  local dkey = 'dc:decision:' .. it.d
+  local existing = redis.call('GET', dkey)
+  if existing then
+    out[#out + 1] = 'dup'
+    out[#out + 1] = existing
+  else
+    local fits = true
+    if it.amt > 0 and it.enforce == 1 then
+      for _, s in ipairs(it.scopes) do
+        local v = redis.call('HMGET', s.k, 'spent', 'reserved')
+        if (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0) + it.amt > s.lim then
+          fits = false
+          break
+        end
+      end
+    end
+    if not fits then
+      out[#out + 1] = 'over'
+      out[#out + 1] = ''
+    else
+      if it.amt > 0 then
+        local scope_keys = {}
+        for _, s in ipairs(it.scopes) do
+          redis.call('HINCRBY', s.k, 'reserved', it.amt)
+          redis.call('PEXPIREAT', s.k, s.exp + 86400000)
+          scope_keys[#scope_keys + 1] = s.k
+        end
+        local rkey = 'dc:resv:' .. it.d
+        redis.call('HSET', rkey, 'amt', it.amt, 'scopes', cjson.encode(scope_keys), 'status', 'reserved')
+        redis.call('PEXPIRE', rkey, it.ttl)
+        redis.call('ZADD', 'dc:resv:open', it.exp, it.d)
+      end
+      for _, f in ipairs(it.tr) do
+        redis.call('HSET', f[1], 'trend', f[2])
+        redis.call('PEXPIREAT', f[1], f[3] + 86400000)
+      end
+      local b = it.bl
+      local cur = redis.call('HMGET', b.k, 'n', 'mean', 'var')
+      local n = tonumber(cur[1]) or 0
+      local mean, var = b.m0, b.v0
+      if n > 0 then
+        mean = tonumber(cur[2])
+        var = tonumber(cur[3])
+      end
+      local delta = b.x - mean
+      mean = mean + b.a * delta
+      var = (1 - b.a) * (var + b.a * delta * delta)
+      redis.call('HSET', b.k, 'n', n + 1, 'mean', string.format('%.17g', mean), 'var', string.format('%.17g', var))
+      redis.call('SET', dkey, it.rec, 'PX', it.ttl)
+      out[#out + 1] = 'ok'
+      out[#out + 1] = ''
+    end
+  end
+end
+return out

@@ -1,0 +1,44 @@
+"""UTC calendar-aligned budget windows: a day budget resets at 00:00 UTC, a month on the 1st."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from dispatch_core.policy import Window
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpan:
+    """One concrete window, e.g. day 2026-11-24T00:00Z .. 2026-11-25T00:00Z."""
+
+    kind: Window
+    start: datetime
+    end: datetime
+
+    @property
+    def id(self) -> str:
+        """Stable text id used in ledger keys."""
+        return f"{self.kind}:{self.start.strftime('%Y%m%dT%H%M')}"
+
+    def elapsed_fraction(self, now: datetime) -> float:
+        total = (self.end - self.start).total_seconds()
+        return min(1.0, max(0.0, (now - self.start).total_seconds() / total))
+
+
+def window_at(kind: Window, now: datetime) -> WindowSpan:
+    """The window of ``kind`` that contains ``now`` (which must be timezone-aware)."""
+    now = now.astimezone(UTC)
+    if kind == "minute":
+        start = now.replace(second=0, microsecond=0)
+        end = start + timedelta(minutes=1)
+    elif kind == "hour":
+        start = now.replace(minute=0, second=0, microsecond=0)
+        end = start + timedelta(hours=1)
+    elif kind == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = start + timedelta(days=1)
+    else:
+        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return WindowSpan(kind, start, end)
