@@ -1,0 +1,220 @@
+"""The engine on the real Redis: caps across concurrent deciders, idempotency, settlement.
+
+Each test here is one of the budget bugs peers' users reported (../shared/notes/peers.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from decimal import Decimal
+
+import pytest
+
+from dispatch_core import keys
+from dispatch_core.decision import Outcome, Trigger
+from dispatch_core.dispatcher import Dispatcher
+from dispatch_core.engine import Snapshot, apply_plan, decide
+from dispatch_core.errors import PolicyError
+from dispatch_core.ledger import RedisLedger
+from dispatch_core.policy_store import PolicyStore
+from dispatch_core.rollout import Canary, Rollout, ServiceRollout
+from dispatch_core.windows import window_at
+
+from .conftest import redis_url_of
+from .factories import NOON, budget, default_policy, llm_task, policy_with
+
+pytestmark = pytest.mark.stack
+
+CAP = Decimal("1.00")
+NO_TREND = {"trend": {"enabled": False}}
+
+
+def capped(limit: Decimal = CAP, **kw):
+    return policy_with(budgets=[budget(str(limit), soft_pct=1.0, **kw)], triggers=NO_TREND)
+
+
+def global_key() -> str:
+    return keys.budget("global-day", "global", window_at("day", NOON).id)
+
+
+async def test_concurrent_deciders_never_overshoot_the_cap(make_dispatcher, ledger):
+    """LiteLLM #34732: check-then-increment; concurrency multiplies the overshoot."""
+    workers = [await make_dispatcher(capped()) for _ in range(8)]
+    tasks = [llm_task("large", task_id=f"t{i}") for i in range(400)]
+
+    async def run(w: Dispatcher, mine):
+        return [d for t in mine for d in await w.decide([t])]
+
+    results = await asyncio.gather(*(run(w, tasks[i::8]) for i, w in enumerate(workers)))
+    decisions = [d for part in results for d in part]
+    state = await ledger.scope(global_key())
+    assert state.reserved <= 1_000_000
+    assert state.reserved == sum(int(d.reserved * 1_000_000) for d in decisions)
+    assert state.reserved > 1_000_000 - 50_000  # the cap was used, not refused early
+    assert {d.outcome for d in decisions} >= {Outcome.ROUTED, Outcome.DOWNGRADED, Outcome.REJECTED}
+    assert len({d.decision_id for d in decisions}) == 400
+
+
+def _hammer(url: str, worker: int, n: int) -> None:
+    async def main() -> None:
+        ledger = RedisLedger.from_url(url)
+        d = Dispatcher(ledger, PolicyStore(ledger.redis), capped(), clock=lambda: NOON)
+        for i in range(0, n, 5):
+            await d.decide([llm_task("large", task_id=f"w{worker}-{j}") for j in range(i, i + 5)])
+        await ledger.close()
+
+    asyncio.run(main())
+
+
+async def test_separate_processes_never_overshoot_the_cap(ledger, redis_client):
+    """LiteLLM #33325 / #6288: per-pod state let replicas exceed the cap. Four real processes here."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_hammer, args=(redis_url_of(redis_client), w, 100)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        await asyncio.to_thread(p.join, 120)
+        assert p.exitcode == 0
+    state = await ledger.scope(global_key())
+    reservations = [await redis_client.hget(k, "amt") async for k in redis_client.scan_iter("dc:resv:*-*")]
+    assert state.reserved <= 1_000_000
+    assert state.reserved == sum(int(a) for a in reservations)
+    assert await redis_client.zcard(keys.OPEN_RESERVATIONS) == len(reservations)
+
+
+async def test_concurrent_first_requests_of_a_new_tenant_hit_its_default_budget(make_dispatcher, ledger):
+    """LiteLLM #40095: concurrent first requests of a new user bypassed the default budget."""
+    policy = policy_with(budgets=[budget("0.05", scope="tenant", window="hour", soft_pct=1.0)], triggers=NO_TREND)
+    workers = [await make_dispatcher(policy) for _ in range(10)]
+    batch = [llm_task("large", task_id=f"n{i}", tenant="brand-new") for i in range(30)]
+    decisions = [d for ds in await asyncio.gather(*(w.decide([t]) for w, t in zip(workers * 3, batch))) for d in ds]
+    key = keys.budget("tenant-hour", "tenant:brand-new", window_at("hour", NOON).id)
+    assert (await ledger.scope(key)).reserved <= 50_000
+    assert any(d.outcome == Outcome.REJECTED for d in decisions)
+
+
+async def test_redelivered_task_gets_the_same_decision_and_no_second_charge(make_dispatcher, ledger):
+    """LiteLLM #28247: non-idempotent increments inflated spend N-fold."""
+    d = await make_dispatcher(capped())
+    first = (await d.decide([llm_task("large", task_id="once")]))[0]
+    await d.decide([llm_task("large", task_id=f"other{i}") for i in range(10)])  # spend moves on
+    before = await ledger.scope(global_key())
+    again = await asyncio.gather(*(d.decide([llm_task("large", task_id="once")]) for _ in range(10)))
+    for (dup,) in again:
+        assert dup.model_dump(exclude={"decision_latency_ms"}) == first.model_dump(exclude={"decision_latency_ms"})
+    assert await ledger.scope(global_key()) == before
+
+
+async def test_concurrent_duplicates_are_charged_once(make_dispatcher, ledger):
+    workers = [await make_dispatcher(capped()) for _ in range(6)]
+    out = await asyncio.gather(*(w.decide([llm_task("medium", task_id="same")]) for w in workers))
+    assert len({o[0].model_dump_json(exclude={"decision_latency_ms"}) for o in out}) == 1
+    assert (await ledger.scope(global_key())).reserved == int(out[0][0].reserved * 1_000_000)
+
+
+async def test_a_second_worker_sees_the_first_ones_spend_at_once(make_dispatcher, redis_client):
+    a = await make_dispatcher(capped(Decimal("0.20")))
+    other = RedisLedger.from_url(redis_url_of(redis_client))
+    b = Dispatcher(other, PolicyStore(other.redis), capped(Decimal("0.20")), clock=lambda: NOON)
+    first = await a.decide([llm_task("large", task_id=f"a{i}") for i in range(2)])
+    assert [x.assigned_tier for x in first] == ["large", "large"]
+    (seen,) = await b.decide([llm_task("large", task_id="b0")])
+    assert seen.outcome == Outcome.DOWNGRADED and seen.triggers == [Trigger.BUDGET_HARD]
+    assert seen.budgets[0].reserved_before == sum(x.reserved for x in first)
+    await other.close()
+
+
+async def test_settlement_replaces_the_estimate_with_the_actual_once(make_dispatcher, ledger):
+    d = await make_dispatcher(capped())
+    (dec,) = await d.decide([llm_task("large", task_id="s1")])
+    s = await ledger.settle(dec.decision_id, Decimal("0.031"))
+    assert (s.status, s.reserved) == ("settled", dec.reserved)
+    state = await ledger.scope(global_key())
+    assert (state.spent, state.reserved) == (31_000, 0)
+    assert (await ledger.settle(dec.decision_id, Decimal("0.031"))).status == "dup"
+    assert await ledger.scope(global_key()) == state
+    assert (await ledger.settle("never-decided", Decimal("1"))).status == "unknown"
+
+
+async def test_unsettled_reservation_is_released_and_a_late_settlement_still_counts(make_dispatcher, ledger):
+    """LiteLLM #27639 / #36926: leaked reservations caused phantom 'budget exceeded'."""
+    d = await make_dispatcher(capped(), reservation_ttl_s=60)
+    (dec,) = await d.decide([llm_task("large", task_id="leak")])
+    assert await ledger.release_expired(NOON) == []  # not yet expired
+    later = NOON.replace(minute=NOON.minute + 2)
+    released = await ledger.release_expired(later)
+    assert [(r.decision_id, r.amount) for r in released] == [(dec.decision_id, dec.reserved)]
+    assert (await ledger.scope(global_key())).reserved == 0
+    assert await ledger.release_expired(later) == []  # released once, by whichever worker got there
+    late = await ledger.settle(dec.decision_id, Decimal("0.02"))
+    assert late.status == "late" and (await ledger.scope(global_key())).spent == 20_000
+
+
+async def test_planning_a_batch_matches_what_the_lua_commits(ledger):
+    policy = default_policy()
+    snap = Snapshot()
+    plans = []
+    for i in range(20):
+        t = llm_task(["small", "medium", "large"][i % 3], task_id=f"p{i}", tenant="acme")
+        plan = decide(t, policy, snap, NOON)
+        apply_plan(snap, plan, policy)
+        plans.append(plan)
+    results = await ledger.commit(plans, [policy] * len(plans))
+    assert {r.status for r in results} == {"ok"}
+    fresh, stored = await ledger.read(snap.scopes, snap.baselines, [p.decision.decision_id for p in plans])
+    assert fresh.scopes == snap.scopes
+    for k, b in snap.baselines.items():
+        assert fresh.baselines[k].n == b.n and fresh.baselines[k].mean == pytest.approx(b.mean, rel=1e-12)
+        assert fresh.baselines[k].var == pytest.approx(b.var, rel=1e-12)
+    assert len(stored) == 20
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+async def test_unreachable_redis_fails_closed_or_open_never_silently(fail_mode):
+    dead = RedisLedger.from_url("redis://127.0.0.1:1/0", timeout_s=0.2)
+    d = Dispatcher(dead, PolicyStore(dead.redis), default_policy(), fail_mode=fail_mode, clock=lambda: NOON)
+    (dec,) = await d.decide([llm_task("large", sla_ms=900)])
+    assert dec.triggers == [Trigger.LEDGER_UNAVAILABLE] and "ledger unavailable" in dec.rationale
+    if fail_mode == "closed":
+        assert dec.outcome == Outcome.REJECTED and dec.executor is None
+    else:
+        assert (dec.assigned_tier, dec.outcome) == ("small", Outcome.DOWNGRADED)
+    await dead.close()
+
+
+async def test_canary_splits_deterministically_and_pinned_versions_hold(make_dispatcher, ledger):
+    stable = default_policy()
+    data = stable.model_dump(mode="json")
+    data["name"] = "cheaper-large"
+    data["classes"]["llm"]["tiers"][2]["unit_price"] = "0.0100"
+    from dispatch_core.policy import parse_policy
+
+    canary = parse_policy(data)
+    d = await make_dispatcher(policy_with(budgets=[]))  # the worker's own default differs from both
+    await d.store.publish(stable)
+    await d.store.publish(canary)
+    await d.store.set_rollout(Rollout(services={
+        "llm-gateway": ServiceRollout(version=stable.version, canary=Canary(version=canary.version, percent=25)),
+    }))
+    out = await d.decide([llm_task("large", task_id=f"c{i}") for i in range(400)])
+    arms = [x.canary_arm for x in out]
+    assert 0.18 < arms.count("canary") / 400 < 0.32
+    assert {x.policy_version for x in out if x.canary_arm == "canary"} == {canary.version}
+    assert {x.policy_version for x in out if x.canary_arm == "stable"} == {stable.version}
+    # rollback: canary off -> every task on the pinned version
+    await d.store.set_rollout(Rollout(services={"llm-gateway": ServiceRollout(version=stable.version)}))
+    out = await d.decide([llm_task("large", task_id=f"r{i}") for i in range(50)])
+    assert {x.policy_version for x in out} == {stable.version}
+    with pytest.raises(PolicyError, match="not published"):
+        await d.store.set_rollout(Rollout(services={"x": ServiceRollout(version="0" * 64)}))
+
+
+async def test_shadow_mode_from_the_rollout_routes_as_asked(make_dispatcher, ledger):
+    d = await make_dispatcher(capped(Decimal("0.003")))  # not even small (0.0038) fits
+    await d.store.set_rollout(Rollout(services={"llm-gateway": ServiceRollout(mode="shadow")}))
+    (dec,) = await d.decide([llm_task("large", task_id="sh")])
+    assert (dec.mode, dec.assigned_tier, dec.enforced_tier) == ("shadow", "large", None)
+    assert Trigger.SHADOW in dec.triggers and Trigger.BUDGET_HARD in dec.triggers
+    # shadow spend is recorded (the money is really spent), though not capped
+    assert (await ledger.scope(global_key())).reserved == int(dec.reserved * 1_000_000) > 10_000
