@@ -78,7 +78,7 @@ class Decision(BaseModel):
     decision_id: str
     task_id: str
     service: str
-    workload: WorkloadClass
+    workload: WorkloadClass | None = Field(description="None only for an invalid task whose class was unreadable")
     task_type: str
     tenant: str | None
     outcome: Outcome

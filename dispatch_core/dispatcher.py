@@ -10,6 +10,7 @@ meets the SLA), as configured, and says so in the record.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from dispatch_core.rollout import arm_for
 from dispatch_core.task import Task
 
 FailMode = Literal["closed", "open"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +64,11 @@ class Dispatcher:
         self.clock = clock
 
     async def start(self) -> None:
-        """Publish the default policy so it can be pinned and its decisions replayed."""
-        await self.store.publish(self.default_policy)
+        """Publish the default policy so it can be pinned; a Redis outage is logged, not fatal."""
+        try:
+            await self.store.publish(self.default_policy)
+        except LedgerUnavailable as exc:
+            log.warning("could not publish policy %s yet: %s", self.default_policy.version[:12], exc)
 
     async def decide(self, tasks: Sequence[Task]) -> list[Decision]:
         """Decide a batch; exactly one decision per task, in order."""

@@ -347,3 +347,25 @@ def apply_plan(snap: Snapshot, plan: Plan, policy: Policy) -> None:
     model = policy.classes[plan.decision.workload].complexity
     base = snap.baselines.get(plan.baseline_key, Baseline())
     snap.baselines[plan.baseline_key] = update_baseline(base, plan.raw_complexity, model)
+
+
+def invalid(raw: dict[str, object], error: str, policy: Policy, now: datetime) -> Decision:
+    """The rejection recorded for a task that failed validation but whose task id is known."""
+    def text(key: str, default: str | None) -> str | None:
+        value = raw.get(key)
+        return value if isinstance(value, str) and value else default
+
+    workload = raw.get("workload")
+    return Decision(
+        decision_id=decision_id_for(text("service", "unknown"), str(raw["task_id"])),
+        task_id=str(raw["task_id"]), service=text("service", "unknown"),
+        workload=workload if workload in {w.value for w in WorkloadClass} else None,
+        task_type=text("task_type", "default"), tenant=text("tenant", None), outcome=Outcome.REJECTED,
+        mode="enforce", canary_arm="stable", policy_version=policy.version, policy_name=policy.name,
+        rule_id="validation", complexity_score=0.0, complexity_raw=0.0, complexity_inputs={},
+        baseline_mean=0.0, baseline_std=0.0, baseline_n=0, requested_tier=text("requested_tier", None),
+        asked_tier=None, enforced_tier=None, assigned_tier=None, executor=None, triggers=[Trigger.INVALID],
+        rationale=error, currency=policy.currency, estimate_asked=Decimal(0), estimate_assigned=Decimal(0),
+        reserved=Decimal(0), budgets=[], sla_ms=0.0, executor_p95_ms=None, engine_version=__version__,
+        decided_at=now, decision_latency_ms=0.0,
+    )

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     kafka_controller_port: int = 19093
     redis_port: int = 16379
     kafka_heap: str = "-Xms256m -Xmx512m"
+    stack_ready_timeout_s: float = 120.0  # how long `stack up` waits for both services to answer
+    stack_stop_timeout_s: float = 20.0  # SIGTERM grace before SIGKILL on `stack down`
 
     # --- topics -------------------------------------------------------------------
     topic_tasks: str = "dispatch.tasks"
@@ -51,6 +53,8 @@ class Settings(BaseSettings):
     executor_partitions: int = 3
     audit_partitions: int = 3
     audit_retention_ms: int = -1  # -1: keep forever; the audit topic is never compacted
+    load_retention_ms: int = 3_600_000  # saturation reports are only useful while fresh
+    topic_replication_factor: int = 1  # 1 for the one-node local/compose broker
 
     # --- the decision engine ------------------------------------------------------
     policy_file: Path | None = None  # None: the policy shipped with the package
@@ -64,6 +68,10 @@ class Settings(BaseSettings):
     metrics_port: int = 9464
     batch_size: int = 200
     batch_within_s: float = 0.005
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as DISPATCH_* variables, to hand to a child process."""
+        return {f"DISPATCH_{k.upper()}": str(v) for k, v in self.model_dump().items() if v is not None}
 
     def executor_topic(self, executor: str) -> str:
         """Kafka topic that carries the routed tasks of one executor."""

@@ -1,0 +1,107 @@
+"""``dispatch policy ...`` and ``dispatch rollout ...``: validate, hash, publish, pin, canary, roll back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from redis.asyncio import Redis
+from rich.table import Table
+
+from dispatch_core.errors import DispatchError
+from dispatch_core.policy import Policy, load_policy
+from dispatch_core.policy_store import PolicyStore
+from dispatch_core.rollout import Canary, Rollout, ServiceRollout
+from dispatch_core.settings import get_settings
+
+from .output import console, fail, run
+
+policy_app = typer.Typer(help="Validate, hash and publish routing policies.", no_args_is_help=True)
+rollout_app = typer.Typer(help="Per-service adoption: mode, pinned policy version, canary.", no_args_is_help=True)
+PolicyFile = Annotated[Path, typer.Argument(help="policy file (YAML or JSON)")]
+
+
+async def _with_store(fn):  # type: ignore[no-untyped-def]
+    redis = Redis.from_url(get_settings().redis_url, decode_responses=True, socket_timeout=2)
+    try:
+        return await fn(PolicyStore(redis, rollout_refresh_s=0))
+    finally:
+        await redis.aclose()
+
+
+def _run(fn):  # type: ignore[no-untyped-def]
+    return run(_with_store(fn))
+
+
+def _load(file: Path) -> Policy:
+    try:
+        return load_policy(file)
+    except DispatchError as exc:
+        fail(str(exc))
+
+
+@policy_app.command("validate")
+def validate(file: PolicyFile) -> None:
+    """Check a policy; errors name the offending field."""
+    p = _load(file)
+    console.print(f"[green]valid[/green] policy {p.name!r}, version {p.version}")
+    table = Table("class", "tiers (cheapest first)", "p95 ms")
+    for w, cls in p.classes.items():
+        table.add_row(w.value, " < ".join(t.name for t in cls.tiers), " / ".join(f"{t.p95_ms:g}" for t in cls.tiers))
+    console.print(table)
+
+
+@policy_app.command("hash")
+def hash_(file: PolicyFile) -> None:
+    """Print the policy's version: the SHA-256 of its canonical form."""
+    print(_load(file).version)
+
+
+@policy_app.command("publish")
+def publish(file: PolicyFile) -> None:
+    """Store the policy under its version in Redis (immutable; publishing twice is a no-op)."""
+    policy = _load(file)
+    version = _run(lambda store: store.publish(policy))
+    console.print(f"published {policy.name!r} as {version}")
+
+
+@rollout_app.command("show")
+def show() -> None:
+    """Print every service's mode, pinned version and canary."""
+    rollout: Rollout = _run(lambda store: store.rollout())
+    table = Table("service", "mode", "version", "canary")
+    rows = [("(default)", rollout.default), *sorted(rollout.services.items())]
+    for name, svc in rows:
+        canary = f"{svc.canary.version[:12]} @ {svc.canary.percent:g}%" if svc.canary else "-"
+        table.add_row(name, svc.mode, (svc.version or "worker default")[:12], canary)
+    console.print(table)
+
+
+@rollout_app.command("set")
+def set_(
+    service: Annotated[str, typer.Argument(help="service name, or 'default' for services not listed")],
+    mode: Annotated[str, typer.Option(help="off | shadow | enforce")] = "enforce",
+    version: Annotated[str | None, typer.Option(help="pin this published version (8+ hex digits)")] = None,
+    canary: Annotated[str | None, typer.Option(help="canary version (8+ hex digits)")] = None,
+    percent: Annotated[float, typer.Option(help="share of the service's tasks on the canary")] = 10.0,
+) -> None:
+    """Set one service's adoption. Roll back by setting it again without --canary."""
+    if mode not in ("off", "shadow", "enforce"):
+        fail(f"--mode must be off, shadow or enforce, not {mode!r}")
+
+    async def apply(store: PolicyStore) -> Rollout:
+        pinned = await store.resolve(version) if version else None
+        can = Canary(version=await store.resolve(canary), percent=percent) if canary else None
+        svc = ServiceRollout(mode=mode, version=pinned, canary=can)  # type: ignore[arg-type]
+        current = await store.rollout()
+        if service == "default":
+            new = current.model_copy(update={"default": svc})
+        else:
+            new = current.model_copy(update={"services": {**current.services, service: svc}})
+        await store.set_rollout(new)
+        return new
+
+    _run(apply)
+    console.print(f"rollout for {service}: mode {mode}" + (f", pinned {version}" if version else "")
+                  + (f", canary {canary} at {percent:g}%" if canary else ""))

@@ -1,0 +1,86 @@
+"""``dispatch worker``, ``dispatch executor`` and ``dispatch submit``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from dispatch_core.errors import DispatchError
+from dispatch_core.policy import load_policy
+from dispatch_core.settings import get_settings
+
+from .output import fail
+
+
+def worker(loglevel: Annotated[str, typer.Option(help="faust log level")] = "warning") -> None:
+    """Run the dispatcher (a Faust worker in the task topic's consumer group). Start more to scale out."""
+    from streams.worker import run_worker
+
+    run_worker(get_settings(), loglevel=loglevel)
+
+
+def executor(
+    names: Annotated[list[str] | None, typer.Argument(help="executor names from the policy")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="run every executor the policy names")] = False,
+    capacity: Annotated[int, typer.Option(help="tasks in flight per executor")] = 16,
+    latency_scale: Annotated[float, typer.Option(help="scale the simulated run time")] = 1.0,
+) -> None:
+    """Run example executors: consume their tier topics, simulate work, report cost and load."""
+    from workers.executor import run_executors
+
+    settings = get_settings()
+    try:
+        policy = load_policy(settings.policy_file)
+        chosen = policy.executors() if all_ else list(names or [])
+        for n in chosen:
+            policy.tier_of_executor(n)
+    except DispatchError as exc:
+        fail(str(exc))
+    if not chosen:
+        fail("name at least one executor, or --all; the policy has: " + ", ".join(policy.executors()))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_executors(settings, policy, chosen, capacity=capacity, latency_scale=latency_scale, stop=stop)
+
+    asyncio.run(main())
+
+
+def submit(
+    task: Annotated[str | None, typer.Argument(help="one task as JSON")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="JSON-lines file of tasks ('-' for stdin)")] = None,
+) -> None:
+    """Validate and publish tasks to the task topic. Nothing is sent if any task is invalid."""
+    from dispatch_core.task import parse_task
+    from streams.producer import TaskProducer
+
+    if (task is None) == (file is None):
+        fail("give one task as JSON, or --file")
+    if task is not None:
+        lines = [(1, task)]
+    else:
+        text = sys.stdin.read() if str(file) == "-" else Path(file).read_text()  # type: ignore[arg-type]
+        lines = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    tasks, problems = [], []
+    for lineno, line in lines:
+        try:
+            tasks.append(parse_task(line))
+        except DispatchError as exc:
+            problems.append(f"line {lineno}: {exc}")
+    if problems:
+        fail("nothing sent: invalid tasks", "\n".join(problems))
+
+    async def send() -> None:
+        async with TaskProducer(get_settings()) as producer:
+            await producer.submit_many(tasks)
+
+    asyncio.run(send())
+    print(json.dumps({"submitted": len(tasks), "task_ids": [t.task_id for t in tasks]}))

@@ -1,0 +1,110 @@
+"""The Faust app: agents on the task, cost-feedback and load topics, and the release timer.
+
+Faust is imported only here (it has import-time side effects). Settings chosen on purpose:
+topics are created by dispatch-core (``topic_allow_declare=False``), no leader topic, no web
+server (metrics come from prometheus-client), agent concurrency 1 (faust#606: with more,
+offsets can be committed past unprocessed events), values as raw bytes so a malformed task
+reaches our dead-letter handling instead of crashing a codec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+
+from dispatch_core.dispatcher import Dispatcher
+from dispatch_core.ledger import RedisLedger
+from dispatch_core.policy import load_policy
+from dispatch_core.policy_store import PolicyStore
+from dispatch_core.settings import Settings
+from streams.outputs import Outputs
+from streams.pipeline import Incoming, Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """The worker's connections, opened once on first use and closed on shutdown."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pipeline: Pipeline | None = None
+        self._lock = asyncio.Lock()
+
+    async def pipeline(self) -> Pipeline:
+        async with self._lock:
+            if self._pipeline is None:
+                s = self.settings
+                ledger = RedisLedger.from_url(s.redis_url, timeout_s=s.redis_timeout_s, decision_ttl_s=s.decision_ttl_s)
+                dispatcher = Dispatcher(
+                    ledger, PolicyStore(ledger.redis), load_policy(s.policy_file),
+                    fail_mode=s.ledger_fail_mode, reservation_ttl_s=s.reservation_ttl_s,
+                )
+                await dispatcher.start()
+                self._pipeline = Pipeline(dispatcher, await Outputs.start(s))
+                log.info("dispatch-core worker ready: policy %s", dispatcher.default_policy.version[:12])
+            return self._pipeline
+
+    async def close(self) -> None:
+        if self._pipeline is not None:
+            await self._pipeline.outputs.stop()
+            await self._pipeline.ledger.close()
+            self._pipeline = None
+
+
+def _incoming(events: Any) -> list[Incoming]:
+    return [Incoming(e.value, e.message.topic, e.message.partition, e.message.offset) for e in events]
+
+
+def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
+    """Build the dispatcher's Faust app for ``settings``."""
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=0.5,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        stream_wait_empty=False,
+    )
+    runtime = Runtime(settings)
+
+    def topic(name: str, partitions: int) -> Any:
+        return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions)
+
+    @app.agent(topic(settings.topic_tasks, settings.task_partitions), concurrency=1)
+    async def dispatch(stream: faust.StreamT) -> None:
+        pipeline = await runtime.pipeline()
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            await pipeline.handle_tasks(_incoming(events))
+
+    @app.agent(topic(settings.topic_cost, settings.task_partitions), concurrency=1)
+    async def settle(stream: faust.StreamT) -> None:
+        pipeline = await runtime.pipeline()
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            await pipeline.handle_costs(_incoming(events))
+
+    @app.agent(topic(settings.topic_load, 1), concurrency=1)
+    async def load(stream: faust.StreamT) -> None:
+        pipeline = await runtime.pipeline()
+        async for events in stream.take_events(100, within=0.05):
+            await pipeline.handle_load(_incoming(events))
+
+    @app.timer(interval=1.0)
+    async def release_expired() -> None:
+        await (await runtime.pipeline()).release_expired()
+
+    @app.on_before_shutdown.connect
+    async def close(app: faust.App, **kwargs: Any) -> None:
+        await runtime.close()
+
+    return app, runtime

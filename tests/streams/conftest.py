@@ -1,0 +1,119 @@
+"""Pipeline fixtures: a fresh topic namespace per test, and worker/executor processes run for real."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
+
+from dispatch_core.policy import load_policy
+from dispatch_core.settings import Settings
+from stack import process
+from streams.topics import ensure_topics
+
+from ..support import free_ports
+
+
+@pytest.fixture
+async def pipeline_settings(stack: Settings, redis_client, unique_name: Callable[[str], str], tmp_path: Path) -> Settings:
+    """The test stack with this test's own topics, consumer group and metrics port; Redis flushed."""
+    ns = unique_name("p")
+    s = stack.model_copy(update={
+        "topic_tasks": f"{ns}.tasks", "topic_executor_prefix": f"{ns}.exec.", "topic_audit": f"{ns}.audit",
+        "topic_cost": f"{ns}.cost", "topic_load": f"{ns}.load", "topic_dlq": f"{ns}.dlq", "app_id": ns,
+        "metrics_port": free_ports(1)[0], "state_dir": tmp_path,
+    })
+    await ensure_topics(s, load_policy(s.policy_file).executors())
+    return s
+
+
+class Procs:
+    """Dispatcher workers and executors as real processes (``python -m dispatch_cli.main ...``)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.pids: dict[str, int] = {}
+
+    def start(self, name: str, settings: Settings, *args: str) -> int:
+        env = {**os.environ, **settings.as_env()}
+        argv = [sys.executable, "-m", "dispatch_cli.main", *args]
+        self.pids[name] = process.spawn(argv, log_file=self.log(name), pid_file=self.run_dir / f"{name}.pid",
+                                        cwd=Path.cwd(), env=env)
+        return self.pids[name]
+
+    def log(self, name: str) -> Path:
+        return self.run_dir / f"{name}.log"
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no shutdown, no flush, no commit."""
+        pid = self.pids.pop(name)
+        os.kill(pid, 9)
+        process.stop(pid, timeout_s=1)
+
+    def stop_all(self) -> None:
+        for pid in self.pids.values():
+            process.stop(pid, timeout_s=15)
+        self.pids.clear()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{process.tail(p, 30)}" for p in sorted(self.run_dir.glob("*.log")))
+
+
+@pytest.fixture
+def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    yield p
+    failed = getattr(request.node, "rep_call", None)
+    p.stop_all()
+    if failed is not None and failed.failed:
+        print(p.logs())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+async def consume(
+    settings: Settings, topics: list[str], until: Callable[[list[ConsumerRecord]], bool], timeout_s: float = 60.0,
+    settle_s: float = 0.0,
+) -> list[ConsumerRecord]:
+    """Every record on ``topics`` from the beginning, read until ``until(records)`` (or fail on timeout).
+
+    ``settle_s`` keeps reading that much longer once ``until`` holds, so duplicates would show.
+    """
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    records: list[ConsumerRecord] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for msgs in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(msgs)
+            if until(records):
+                end = time.monotonic() + settle_s
+                while time.monotonic() < end:
+                    for msgs in (await consumer.getmany(timeout_ms=200)).values():
+                        records.extend(msgs)
+                return records
+        raise AssertionError(f"timed out after {timeout_s}s with {len(records)} records on {topics}")
+    finally:
+        await consumer.stop()
+
+
+async def wait_for(cond: Callable[[], Any], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.2)

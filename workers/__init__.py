@@ -1,0 +1,1 @@
+"""Consumers of dispatch-core's outputs: example executors and the finance audit reader."""

@@ -1,0 +1,149 @@
+"""Example executors: consume a tier topic, simulate the work, report actual cost and load.
+
+A stand-in for the real services' executors, with the latency and cost profile of its tier
+from the policy: run time is drawn below the tier's p95 (scaled by ``latency_scale``),
+actual cost is the estimate +-15% (deterministic per decision, so a redelivered task
+reports the same cost). Offsets are committed only after each task's cost report is
+delivered; saturation (in-flight / capacity) is published every ``load_every_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import ValidationError
+
+from dispatch_core.money import quantize
+from dispatch_core.policy import Policy
+from dispatch_core.settings import Settings
+from streams.messages import CostReport, LoadUpdate, RoutedTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How an example executor behaves."""
+
+    p95_ms: float
+    capacity: int = 16
+    latency_scale: float = 1.0
+    cost_jitter: float = 0.15
+    load_every_s: float = 0.5
+
+
+def _rng(decision_id: str) -> random.Random:
+    return random.Random(int.from_bytes(hashlib.sha256(decision_id.encode()).digest()[:8], "big"))
+
+
+def simulate(task: RoutedTask, profile: Profile) -> tuple[float, Decimal]:
+    """(run time in seconds, actual cost) for a task: deterministic per decision id."""
+    rng = _rng(task.decision_id)
+    run_ms = profile.p95_ms * rng.uniform(0.3, 0.9) * profile.latency_scale
+    actual = quantize(task.estimate * Decimal(str(rng.uniform(1 - profile.cost_jitter, 1 + profile.cost_jitter))))
+    return run_ms / 1000.0, actual
+
+
+class Executor:
+    """One executor consuming its tier topic."""
+
+    def __init__(self, settings: Settings, name: str, profile: Profile) -> None:
+        self.settings = settings
+        self.name = name
+        self.profile = profile
+        self.in_flight = 0
+        self.done = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            s.executor_topic(self.name), bootstrap_servers=s.kafka_bootstrap, group_id=f"executor-{self.name}",
+            enable_auto_commit=False, auto_offset_reset="earliest",
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=2)
+        await consumer.start()
+        await producer.start()
+        reporter = asyncio.create_task(self._report_load(producer, stop))
+        slots = asyncio.Semaphore(self.profile.capacity)
+        pending: dict[TopicPartition, deque[tuple[int, asyncio.Task[None]]]] = defaultdict(deque)
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=100, max_records=self.profile.capacity)
+                for tp, msgs in batches.items():
+                    for m in msgs:
+                        await slots.acquire()  # backpressure: at capacity, stop taking new work
+                        pending[tp].append((m.offset, asyncio.create_task(self._execute(m.value, producer, slots))))
+                await self._commit_done(consumer, pending)
+        finally:
+            for queue in pending.values():
+                await asyncio.gather(*(t for _, t in queue), return_exceptions=True)
+            await self._commit_done(consumer, pending)
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+            await consumer.stop()
+            await producer.stop()
+
+    @staticmethod
+    async def _commit_done(consumer: AIOKafkaConsumer, pending: dict[TopicPartition, deque]) -> None:
+        """Commit each partition up to its oldest unfinished task: at-least-once, never past one."""
+        offsets = {}
+        for tp, queue in pending.items():
+            while queue and queue[0][1].done():
+                offset, task = queue.popleft()
+                task.result()  # a failed report must not be committed past
+                offsets[tp] = offset + 1
+        if offsets:
+            await consumer.commit(offsets)
+
+    async def _execute(self, raw: bytes, producer: AIOKafkaProducer, slots: asyncio.Semaphore) -> None:
+        try:
+            task = RoutedTask.model_validate_json(raw)
+        except ValidationError as exc:
+            slots.release()
+            log.error("%s: skipping a message that is not a routed task: %s", self.name, exc)
+            return
+        received = datetime.now(UTC)
+        self.in_flight += 1
+        try:
+            run_s, actual = simulate(task, self.profile)
+            await asyncio.sleep(run_s)
+        finally:
+            self.in_flight -= 1
+            slots.release()
+        report = CostReport(
+            decision_id=task.decision_id, task_id=task.task_id, service=task.service, executor=self.name,
+            actual=actual, run_ms=run_s * 1000.0,
+            dispatch_ms=(received - task.created_at).total_seconds() * 1000.0, finished_at=datetime.now(UTC),
+        )
+        await (await producer.send(self.settings.topic_cost, key=task.decision_id.encode(),
+                                   value=report.model_dump_json().encode()))
+        self.done += 1
+
+    async def _report_load(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            cap = self.profile.capacity
+            update = LoadUpdate(executor=self.name, saturation=min(1.0, self.in_flight / cap),
+                                in_flight=self.in_flight, capacity=cap, at=datetime.now(UTC))
+            await producer.send(self.settings.topic_load, key=self.name.encode(), value=update.model_dump_json().encode())
+            await asyncio.sleep(self.profile.load_every_s)
+
+
+async def run_executors(
+    settings: Settings, policy: Policy, names: list[str], *, capacity: int = 16, latency_scale: float = 1.0,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run several example executors in one process until ``stop`` is set."""
+    stop = stop or asyncio.Event()
+    executors = []
+    for name in names:
+        _, tier = policy.tier_of_executor(name)
+        executors.append(Executor(settings, name, Profile(tier.p95_ms, capacity, latency_scale)))
+    await asyncio.gather(*(e.run(stop) for e in executors))
