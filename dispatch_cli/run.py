@@ -21,7 +21,10 @@ def worker(loglevel: Annotated[str, typer.Option(help="faust log level")] = "war
     """Run the dispatcher (a Faust worker in the task topic's consumer group). Start more to scale out."""
     from streams.worker import run_worker
 
-    run_worker(get_settings(), loglevel=loglevel)
+    try:
+        run_worker(get_settings(), loglevel=loglevel)
+    except DispatchError as exc:
+        fail(str(exc))
 
 
 def executor(

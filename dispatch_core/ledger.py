@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from importlib import resources
-from typing import Any, Literal
+from typing import Literal
 
 from redis.asyncio import Redis
 
@@ -30,7 +30,7 @@ from dispatch_core.policy import Policy
 
 
 def _lua(name: str) -> str:
-    return resources.files("dispatch_core.lua").joinpath(f"{name}.lua").read_text()
+    return resources.files("dispatch_core").joinpath("lua", f"{name}.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,7 @@ class RedisLedger:
         self._commit = redis.register_script(_lua("commit"))
         self._settle = redis.register_script(_lua("settle"))
         self._release = redis.register_script(_lua("release"))
+        self._snapshot = redis.register_script(_lua("snapshot"))
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 0.5, decision_ttl_s: float = 7 * 24 * 3600.0) -> RedisLedger:
@@ -81,34 +82,24 @@ class RedisLedger:
     async def read(
         self, scope_keys: Iterable[str], baseline_keys: Iterable[str], decision_ids: Iterable[str]
     ) -> tuple[Snapshot, dict[str, Decision]]:
-        """Everything a batch of decisions needs, in one pipelined round trip."""
+        """Everything a batch of decisions needs, in one round trip (one Lua read)."""
         scopes, baselines, ids = sorted(set(scope_keys)), sorted(set(baseline_keys)), sorted(set(decision_ids))
-
-        async def run() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
-            for k in scopes:
-                pipe.hmget(k, "spent", "reserved", "trend")
-            for k in baselines:
-                pipe.hmget(k, "n", "mean", "var")
-            pipe.hgetall(keys.LOAD)
-            if ids:
-                pipe.mget([keys.decision(d) for d in ids])
-            return await pipe.execute()
-
-        replies = await guarded(run)
+        args = [len(scopes), len(baselines), len(ids), *scopes, *baselines, *ids]
+        reply = await guarded(lambda: self._snapshot(args=args))
         snap = Snapshot()
-        for k, (spent, reserved, trend) in zip(scopes, replies, strict=False):
+        for j, k in enumerate(scopes):
+            spent, reserved, trend = reply[3 * j : 3 * j + 3]
             snap.scopes[k] = ScopeState(int(spent or 0), int(reserved or 0), trend == "1")
-        for k, (n, mean, var) in zip(baselines, replies[len(scopes) :], strict=False):
+        at = 3 * len(scopes)
+        for j, k in enumerate(baselines):
+            n, mean, var = reply[at + 3 * j : at + 3 * j + 3]
             snap.baselines[k] = Baseline(int(n or 0), float(mean or 0.0), float(var or 0.0))
-        for executor, raw in replies[len(scopes) + len(baselines)].items():
+        at += 3 * len(baselines)
+        stored = {d: Decision.model_validate_json(raw) for d, raw in zip(ids, reply[at : at + len(ids)], strict=True) if raw}
+        load = reply[at + len(ids) :]
+        for executor, raw in zip(load[0::2], load[1::2], strict=True):
             rep = json.loads(raw)
             snap.load[executor] = LoadReport(float(rep["saturation"]), datetime.fromisoformat(rep["at"]))
-        stored = {}
-        if ids:
-            for d, raw in zip(ids, replies[-1], strict=True):
-                if raw is not None:
-                    stored[d] = Decision.model_validate_json(raw)
         return snap, stored
 
     async def commit(self, plans: Sequence[Plan], policies: Sequence[Policy]) -> list[CommitResult]:

@@ -1,0 +1,29 @@
+-- Read everything a batch of decisions needs in one command (one round trip, one reply to parse).
+-- ARGV: #scopes, #baselines, #decisions, then the scope keys, baseline keys and decision ids.
+-- Reply: {scope fields..., baseline fields..., stored decisions..., load hash (flat)}
+local ns, nb, nd = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+local i = 4
+for _ = 1, ns do
+  local v = redis.call('HMGET', ARGV[i], 'spent', 'reserved', 'trend')
+  out[#out + 1] = v[1] or ''
+  out[#out + 1] = v[2] or ''
+  out[#out + 1] = v[3] or ''
+  i = i + 1
+end
+for _ = 1, nb do
+  local v = redis.call('HMGET', ARGV[i], 'n', 'mean', 'var')
+  out[#out + 1] = v[1] or ''
+  out[#out + 1] = v[2] or ''
+  out[#out + 1] = v[3] or ''
+  i = i + 1
+end
+for _ = 1, nd do
+  out[#out + 1] = redis.call('GET', 'dc:decision:' .. ARGV[i]) or ''
+  i = i + 1
+end
+local load = redis.call('HGETALL', 'dc:load')
+for j = 1, #load do
+  out[#out + 1] = load[j]
+end
+return out
