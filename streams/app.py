@@ -22,6 +22,7 @@ from dispatch_core.policy_store import PolicyStore
 from dispatch_core.settings import Settings
 from streams.outputs import Outputs
 from streams.pipeline import Incoming, Pipeline
+from streams.topics import topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,12 @@ def _incoming(events: Any) -> list[Incoming]:
 
 def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     """Build the dispatcher's Faust app for ``settings``."""
+    partitions = {spec.name: spec.partitions for spec in topic_specs(settings, [])}
+    datadir = settings.state_dir / "faust" / settings.app_id  # Faust wants one; keep it out of the cwd
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
+        datadir=str(datadir),
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
         key_serializer="raw",
@@ -78,22 +83,22 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     )
     runtime = Runtime(settings)
 
-    def topic(name: str, partitions: int) -> Any:
-        return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions)
+    def topic(name: str) -> Any:
+        return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions[name])
 
-    @app.agent(topic(settings.topic_tasks, settings.task_partitions), concurrency=1)
+    @app.agent(topic(settings.topic_tasks), concurrency=1)
     async def dispatch(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             await pipeline.handle_tasks(_incoming(events))
 
-    @app.agent(topic(settings.topic_cost, settings.task_partitions), concurrency=1)
+    @app.agent(topic(settings.topic_cost), concurrency=1)
     async def settle(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             await pipeline.handle_costs(_incoming(events))
 
-    @app.agent(topic(settings.topic_load, 1), concurrency=1)
+    @app.agent(topic(settings.topic_load), concurrency=1)
     async def load(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
         async for events in stream.take_events(100, within=0.05):
