@@ -1,0 +1,48 @@
+"""`dispatch submit` and `dispatch demo --json` against the real stack."""
+
+import asyncio
+import json
+
+from typer.testing import CliRunner
+
+from dispatch_cli.main import app
+from .conftest import consume
+
+runner = CliRunner()
+
+
+def _env(monkeypatch, settings):
+    for key, value in settings.as_env().items():
+        monkeypatch.setenv(key, value)
+
+
+def test_submit_validates_everything_before_sending_anything(pipeline_settings, monkeypatch, fresh_settings_cache, tmp_path):
+    _env(monkeypatch, pipeline_settings)
+    lines = tmp_path / "tasks.jsonl"
+    good = {"task_id": "s1", "service": "svc", "workload": "llm", "features": {"tokens": 10}}
+    lines.write_text(json.dumps(good) + "\n" + '{"task_id": "s2", "service": "svc", "workload": "nope"}\n')
+    refused = runner.invoke(app, ["submit", "--file", str(lines)])
+    assert refused.exit_code == 1 and "line 2" in refused.output and "workload" in refused.output
+    lines.write_text(json.dumps(good) + "\n\n" + json.dumps({**good, "task_id": "s2"}) + "\n")
+    sent = runner.invoke(app, ["submit", "--file", str(lines)])
+    assert sent.exit_code == 0, sent.output
+    assert json.loads(sent.output) == {"submitted": 2, "task_ids": ["s1", "s2"]}
+    records = asyncio.run(consume(pipeline_settings, [pipeline_settings.topic_tasks], lambda rs: len(rs) >= 2, settle_s=0.5))
+    assert sorted(json.loads(r.value)["task_id"] for r in records) == ["s1", "s2"]
+    assert {r.key for r in records} == {b"svc"}
+
+
+def test_demo_json_reports_a_run_on_the_real_stack(stack, monkeypatch, fresh_settings_cache, tmp_path):
+    _env(monkeypatch, stack)
+    result = runner.invoke(app, ["demo", "--tasks", "300", "--rate", "150", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    for key in ("tasks_in", "decisions", "routed", "audit_events", "dlq", "by_tier", "by_trigger",
+                "decision_p95_ms", "e2e_p95_ms"):
+        assert key in summary
+    assert summary["tasks_in"] == 300
+    with_id = summary["decisions"]
+    assert with_id + summary["dlq"] >= 300 and summary["routed"] + summary["rejected"] == with_id
+    assert summary["settled"] == summary["routed"]  # every routed task's actual cost came back
+    assert summary["audit_events"] == summary["decisions"] + summary["settled"]
+    assert "shadow" in summary["by_trigger"]
