@@ -6,7 +6,8 @@ Prints p50/p95/p99 per run and the median of each across runs. Three measurement
 run so they can be compared on the same (noisy, 2-core) machine:
   engine        decide() alone, no I/O
   dispatch x1   Dispatcher.decide([task]): read + commit round trips to Redis, one task at a time
-  dispatch x100 Dispatcher.decide(batch of 100): the per-task share of one batch
+  x100          Dispatcher.decide(batch of 100): the per-task share of one batch
+each Redis measurement under the default asyncio loop and under uvloop (what the worker uses).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import random
 import statistics
 import time
 from datetime import UTC, datetime
+
+import uvloop
 
 from dispatch_core.dispatcher import Dispatcher
 from dispatch_core.engine import Snapshot, apply_plan, decide
@@ -51,24 +54,31 @@ def summary(name: str, runs: list[list[float]]) -> None:
     p95 = [pct(r, 0.95) for r in runs]
     p99 = [pct(r, 0.99) for r in runs]
     per_run = "  ".join(f"{a:.3f}/{b:.3f}/{c:.3f}" for a, b, c in zip(p50, p95, p99, strict=True))
-    print(f"{name:<14} median over {len(runs)} runs: p50 {statistics.median(p50):.3f} ms  "
+    print(f"{name:<20} median over {len(runs)} runs: p50 {statistics.median(p50):.3f} ms  "
           f"p95 {statistics.median(p95):.3f} ms  p99 {statistics.median(p99):.3f} ms   (per run p50/p95/p99: {per_run})")
 
 
-async def main(redis_url: str, runs: int, n: int) -> None:
-    policy = load_policy()
-    engine_runs, single_runs, batch_runs = [], [], []
-    ledger = RedisLedger.from_url(redis_url)
+def engine_runs(runs: int, n: int) -> list[list[float]]:
+    """decide() alone, each plan replayed on the snapshot as the dispatcher does."""
+    policy, out = load_policy(), []
     for run in range(runs):
-        tasks = mixed_tasks(n, run, f"bench{run}-{time.time_ns()}")
         snap, now, samples = Snapshot(), datetime.now(UTC), []
-        for t in tasks:
+        for t in mixed_tasks(n, run, f"engine{run}"):
             t0 = time.perf_counter()
             plan = decide(t, policy, snap, now)
             samples.append((time.perf_counter() - t0) * 1000)
             apply_plan(snap, plan, policy)
-        engine_runs.append(samples)
+        out.append(samples)
+    return out
 
+
+async def dispatch_runs(redis_url: str, runs: int, n: int) -> tuple[list[list[float]], list[list[float]]]:
+    """Dispatcher.decide on the real Redis: one task per call, then batches of 100 (per-task share)."""
+    policy = load_policy()
+    single_runs, batch_runs = [], []
+    ledger = RedisLedger.from_url(redis_url)
+    for run in range(runs):
+        tasks = mixed_tasks(n, run, f"bench{run}-{time.time_ns()}")
         await ledger.redis.flushdb()
         d = Dispatcher(ledger, PolicyStore(ledger.redis), policy)
         await d.start()
@@ -88,10 +98,16 @@ async def main(redis_url: str, runs: int, n: int) -> None:
         batch_runs.append(samples)
     await ledger.redis.flushdb()
     await ledger.close()
+    return single_runs, batch_runs
+
+
+def main(redis_url: str, runs: int, n: int) -> None:
     print(f"decision latency, {n} mixed tasks per run (llm/script/kernel, 3 services, 2 tenants, default policy)")
-    summary("engine", engine_runs)
-    summary("dispatch x1", single_runs)
-    summary("dispatch x100", batch_runs)
+    summary("engine", engine_runs(runs, n))
+    for name, runner in (("asyncio", asyncio.run), ("uvloop", uvloop.run)):
+        single, batch = runner(dispatch_runs(redis_url, runs, n))
+        summary(f"dispatch x1 {name}", single)
+        summary(f"x100 {name}", batch)
 
 
 if __name__ == "__main__":
@@ -100,4 +116,4 @@ if __name__ == "__main__":
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--tasks", type=int, default=2000)
     args = ap.parse_args()
-    asyncio.run(main(args.redis_url, args.runs, args.tasks))
+    main(args.redis_url, args.runs, args.tasks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -105,3 +106,29 @@ def set_(
     _run(apply)
     console.print(f"rollout for {service}: mode {mode}" + (f", pinned {version}" if version else "")
                   + (f", canary {canary} at {percent:g}%" if canary else ""))
+
+
+@policy_app.command("replay")
+def replay_(
+    file: PolicyFile,
+    audit_topic: Annotated[str | None, typer.Option(help="audit topic to replay (default: settings)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """What-if: decide every recorded decision again under FILE and compare cost and tiers."""
+    from dispatch_core.replay import replay
+    from workers.finance import read_audit_to_end
+
+    policy = _load(file)
+    settings = get_settings()
+    log = run(read_audit_to_end(settings.kafka_bootstrap, audit_topic or settings.topic_audit))
+    report = replay(log.decisions.values(), policy).as_dict()
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table("", "recorded", f"replayed under {policy.version[:12]}", title=f"replay of {report['decisions']} decisions")
+    table.add_row("estimated cost", report["recorded_cost"], report["replayed_cost"])
+    table.add_row("rejected", str(report["recorded_rejected"]), str(report["replayed_rejected"]))
+    console.print(table)
+    console.print(f"{report['changed']} decisions change tier; saving {report['saving']} ({report['saving_pct']}%)")
+    for move, n in report["moves"].items():
+        console.print(f"  {move}: {n}")

@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     metrics_port: int = 9464
     batch_size: int = 200
     batch_within_s: float = 0.005
+    worker_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     def as_env(self) -> dict[str, str]:
         """These settings as DISPATCH_* variables, to hand to a child process."""

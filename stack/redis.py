@@ -37,7 +37,12 @@ def redis_conf(settings: Settings, data_dir: str) -> str:
 
 async def redis_answers(host: str, port: int, timeout_s: float = 1.0) -> bool:
     """True if Redis at host:port answers PING."""
-    client = Redis(host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return await redis_url_answers(f"redis://{host}:{port}/0", timeout_s)
+
+
+async def redis_url_answers(url: str, timeout_s: float = 1.0) -> bool:
+    """True if the Redis at ``url`` answers PING."""
+    client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
         return bool(await client.ping())
     except (RedisError, OSError):

@@ -15,7 +15,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     uvloop: the worker's event loop is shared by Faust's consumer, the producer and the
     ledger round trips, and uvloop cut the decision p95 under load by about a third here.
     """
-    mode.loop.use("uvloop")
+    mode.loop.use("uvloop" if settings.worker_loop == "uvloop" else "aio")
     import faust  # after the loop policy is set
 
     from streams.app import create_app

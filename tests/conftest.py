@@ -26,9 +26,10 @@ from redis.asyncio import Redis
 from dispatch_core.settings import Settings, get_settings
 from stack import LocalStack
 from stack.kafka import broker_answers
+from stack.redis import redis_url_answers
 from streams.topics import TopicSpec, admin_client, create_topics
 
-from .support import local_settings, redis_url_answers
+from .support import local_settings
 
 USE_RUNNING = os.environ.get("DISPATCH_TEST_USE_RUNNING") == "1"
 STACK_FIXTURES = {"stack", "redis_service", "redis_client", "new_topic"}

@@ -6,9 +6,6 @@ import random
 import socket
 from pathlib import Path
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from dispatch_core.settings import Settings
 
 
@@ -40,13 +37,3 @@ def local_settings(state_dir: Path, **overrides: object) -> Settings:
         "stack_stop_timeout_s": 10.0,
     }
     return Settings(**{**values, **overrides})  # type: ignore[arg-type]
-
-
-async def redis_url_answers(url: str) -> bool:
-    client = Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
-    try:
-        return bool(await client.ping())
-    except (RedisError, OSError):
-        return False
-    finally:
-        await client.aclose()

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas import DECISION, decode
+from schemas import DECISION, AuditEncodingError, decode
 
 
 @dataclass
@@ -52,6 +52,27 @@ async def read_audit(bootstrap: str, topic: str, log: AuditLog, stop: asyncio.Ev
                     log.add(m.value)
     finally:
         await consumer.stop()
+
+
+async def read_audit_to_end(bootstrap: str, topic: str) -> AuditLog:
+    """Everything on the audit topic up to its current end (for reports and replays)."""
+    log = AuditLog()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():  # a metadata request for every topic
+            raise AuditEncodingError(f"no audit topic {topic!r} at {bootstrap}")
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        while any(await consumer.position(tp) < ends[tp] for tp in parts):
+            for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                for m in msgs:
+                    log.add(m.value)
+    finally:
+        await consumer.stop()
+    return log
 
 
 def pct(values: list[float], q: float) -> float:

@@ -4,20 +4,17 @@
 local ns, nb, nd = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local i = 4
-for _ = 1, ns do
-  local v = redis.call('HMGET', ARGV[i], 'spent', 'reserved', 'trend')
-  out[#out + 1] = v[1] or ''
-  out[#out + 1] = v[2] or ''
-  out[#out + 1] = v[3] or ''
-  i = i + 1
+local function fields(n, a, b, c)
+  for _ = 1, n do
+    local v = redis.call('HMGET', ARGV[i], a, b, c)
+    out[#out + 1] = v[1] or ''
+    out[#out + 1] = v[2] or ''
+    out[#out + 1] = v[3] or ''
+    i = i + 1
+  end
 end
-for _ = 1, nb do
-  local v = redis.call('HMGET', ARGV[i], 'n', 'mean', 'var')
-  out[#out + 1] = v[1] or ''
-  out[#out + 1] = v[2] or ''
-  out[#out + 1] = v[3] or ''
-  i = i + 1
-end
+fields(ns, 'spent', 'reserved', 'trend')
+fields(nb, 'n', 'mean', 'var')
 for _ = 1, nd do
   out[#out + 1] = redis.call('GET', 'dc:decision:' .. ARGV[i]) or ''
   i = i + 1

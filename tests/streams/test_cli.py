@@ -46,3 +46,16 @@ def test_demo_json_reports_a_run_on_the_real_stack(stack, monkeypatch, fresh_set
     assert summary["settled"] == summary["routed"]  # every routed task's actual cost came back
     assert summary["audit_events"] == summary["decisions"] + summary["settled"]
     assert "shadow" in summary["by_trigger"]
+
+    # what-if on the run just recorded: replay its audit topic under the packaged default policy
+    from dispatch_core.policy import DEFAULT_POLICY_PATH
+
+    replayed = runner.invoke(app, ["policy", "replay", str(DEFAULT_POLICY_PATH), "--audit-topic",
+                                   summary["audit_topic"], "--json"])
+    assert replayed.exit_code == 0, replayed.output
+    report = json.loads(replayed.stdout)
+    invalid = summary["by_trigger"].get("invalid", 0)
+    assert report["decisions"] == summary["decisions"] - invalid and report["skipped"] == invalid
+    # the default policy's budgets are far looser than the demo's: fewer rejections, more spend
+    assert report["replayed_rejected"] < report["recorded_rejected"]
+    assert float(report["replayed_cost"]) > float(report["recorded_cost"])
