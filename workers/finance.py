@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from schemas import DECISION, AuditEncodingError, decode
 
@@ -54,19 +54,21 @@ async def read_audit(bootstrap: str, topic: str, log: AuditLog, stop: asyncio.Ev
         await consumer.stop()
 
 
-async def read_audit_to_end(bootstrap: str, topic: str) -> AuditLog:
+async def read_audit_to_end(bootstrap: str, topic: str, timeout_s: float = 10.0) -> AuditLog:
     """Everything on the audit topic up to its current end (for reports and replays)."""
     log = AuditLog()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
     await consumer.start()
     try:
-        if topic not in await consumer.topics():  # a metadata request for every topic
-            raise AuditEncodingError(f"no audit topic {topic!r} at {bootstrap}")
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not consumer.assignment():  # without a group, every partition is assigned once known
+            if asyncio.get_running_loop().time() > deadline:
+                raise AuditEncodingError(f"no audit topic {topic!r} at {bootstrap}")
+            await asyncio.sleep(0.05)
+        parts = sorted(consumer.assignment())
         ends = await consumer.end_offsets(parts)
-        while any(await consumer.position(tp) < ends[tp] for tp in parts):
+        while any(pos < ends[tp] for tp, pos in zip(parts, [await consumer.position(tp) for tp in parts], strict=True)):
             for msgs in (await consumer.getmany(timeout_ms=500)).values():
                 for m in msgs:
                     log.add(m.value)
