@@ -14,6 +14,7 @@ decisions can be planned ahead of one Redis round trip.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -112,6 +113,20 @@ class _Scope:
     def soft(self) -> bool:
         return self.state.committed >= self.budget.soft_pct * self.limit
 
+    @property
+    def expire_at_ms(self) -> int:
+        return int(self.span.end.timestamp() * 1000)
+
+    def state_after(self, amount: int) -> BudgetState:
+        """This scope as the decision saw it, and with ``amount`` reserved, for the record."""
+        return BudgetState(
+            budget_id=self.budget.id, scope=self.scope, window=self.span.id, window_start=self.span.start,
+            window_end=self.span.end, limit=self.budget.limit, soft_pct=self.budget.soft_pct,
+            spent=from_micros(self.state.spent), reserved_before=from_micros(self.state.reserved),
+            committed_after=from_micros(self.state.committed + amount), projected=from_micros(self.projected),
+            trend_active=self.trend_now,
+        )
+
 
 def _applicable(policy: Policy, task: Task, now: datetime) -> list[tuple[Budget, str, WindowSpan, str]]:
     """(budget, scope, window, ledger key) of every budget that applies to ``task`` at ``now``."""
@@ -147,18 +162,6 @@ def _scopes(policy: Policy, task: Task, snap: Snapshot, now: datetime) -> list[_
     return out
 
 
-def _eligible(cls: ClassPolicy, i: int, sla_ms: float) -> bool:
-    return cls.tiers[i].p95_ms <= sla_ms
-
-
-def _step_down(cls: ClassPolicy, cur: int, sla_ms: float, ok=lambda i: True) -> int | None:
-    """The next cheaper tier below ``cur`` that meets the SLA (and ``ok``), if any."""
-    for i in range(cur - 1, -1, -1):
-        if _eligible(cls, i, sla_ms) and ok(i):
-            return i
-    return None
-
-
 def _map_tier(policy: Policy, cls: ClassPolicy, task: Task, score_value: float) -> tuple[int, str]:
     thresholds = cls.task_types.get(task.task_type, cls.thresholds)
     source = f"task_types.{task.task_type}" if task.task_type in cls.task_types else "thresholds"
@@ -166,6 +169,100 @@ def _map_tier(policy: Policy, cls: ClassPolicy, task: Task, score_value: float) 
         if score_value < t.upto or i == len(thresholds) - 1:
             return cls.index(t.tier) or 0, f"{task.workload.value}.{source}[{i}]"
     raise AssertionError("unreachable: thresholds end at upto 1.0")
+
+
+@dataclass
+class _Work:
+    """One decision in progress: the tier ladder, the current choice and the reasons so far."""
+
+    task: Task
+    policy: Policy
+    cls: ClassPolicy
+    snap: Snapshot
+    now: datetime
+    scopes: list[_Scope]
+    cur: int | None
+    triggers: list[Trigger] = field(default_factory=list)
+    why: list[str] = field(default_factory=list)
+
+    @property
+    def sla(self) -> float:
+        return self.task.effective_sla_ms
+
+    def name(self, i: int | None) -> str | None:
+        return self.cls.tiers[i].name if i is not None else None
+
+    def eligible(self, i: int) -> bool:
+        return self.cls.tiers[i].p95_ms <= self.sla
+
+    def step_down(self, ok: Callable[[int], bool] = lambda i: True) -> int | None:
+        """The next cheaper tier below the current one that meets the SLA (and ``ok``), if any."""
+        assert self.cur is not None
+        return next((i for i in range(self.cur - 1, -1, -1) if self.eligible(i) and ok(i)), None)
+
+    def move(self, trigger: Trigger, to: int | None, reason: str) -> None:
+        self.triggers.append(trigger)
+        self.why.append(reason)
+        self.cur = to
+
+    def saturation(self, i: int) -> float:
+        """Last reported saturation of tier i's executor; 0 when unknown or stale."""
+        rep, lt = self.snap.load.get(self.cls.tiers[i].executor), self.policy.triggers.load
+        if rep is None or self.now - rep.at > timedelta(seconds=lt.max_age_s):
+            return 0.0
+        return rep.saturation
+
+    # --- the standard triggers, applied in this order by decide() ---------------------
+
+    def sla_guard(self) -> None:
+        if self.cur is None or self.eligible(self.cur):
+            return
+        below = self.step_down()
+        above = next((i for i in range(self.cur + 1, len(self.cls.tiers)) if self.eligible(i)), None)
+        new = below if below is not None else above
+        tier = self.cls.tiers[self.cur]
+        reason = (f"no tier meets the {self.sla:g} ms SLA" if new is None
+                  else f"{tier.name} p95 {tier.p95_ms:g} ms > SLA {self.sla:g} ms: {self.name(new)}")
+        self.move(Trigger.SLA_GUARD, new, reason)
+
+    def load(self) -> None:
+        lt = self.policy.triggers.load
+        if self.cur is None or not lt.enabled or self.saturation(self.cur) < lt.saturation:
+            return
+        new = self.step_down(lambda i: self.saturation(i) < lt.saturation)
+        if new is not None:
+            executor = self.cls.tiers[self.cur].executor
+            self.move(Trigger.LOAD, new, f"{executor} saturated ({self.saturation(self.cur):.2f}): {self.name(new)}")
+
+    def budget_pressure(self) -> None:
+        """budget_soft and trend: together at most one step down."""
+        soft = [s for s in self.scopes if s.soft()]
+        trend = [s for s in self.scopes if s.trend_now]
+        if self.cur is None or not (soft or trend):
+            return
+        new = self.step_down()
+        if soft:
+            self.triggers.append(Trigger.BUDGET_SOFT)
+            self.why.append("past soft threshold: " + ", ".join(f"{s.budget.id}/{s.scope}" for s in soft))
+        if trend:
+            self.triggers.append(Trigger.TREND)
+            self.why.append("spend projected over cap: " + ", ".join(f"{s.budget.id}/{s.scope}" for s in trend))
+        if new is not None:
+            self.why.append(f"one step down to {self.name(new)}")
+            self.cur = new
+
+    def budget_hard(self) -> None:
+        if self.cur is None or not self.scopes:
+            return
+        amounts = [to_micros(estimate(t, self.task)) for t in self.cls.tiers]
+        tight = [f"{s.budget.id}/{s.scope}" for s in self.scopes if not s.fits(amounts[self.cur])]
+        if not tight:
+            return
+        fit = next((i for i in range(self.cur, -1, -1)
+                    if self.eligible(i) and all(s.fits(amounts[i]) for s in self.scopes)), None)
+        reason = (f"no tier meeting the SLA fits under the cap of {', '.join(tight)}" if fit is None
+                  else f"{self.name(self.cur)} would cross the cap of {', '.join(tight)}: {self.name(fit)}")
+        self.move(Trigger.BUDGET_HARD, fit, reason)
 
 
 def decide(
@@ -181,105 +278,71 @@ def decide(
     """Decide where ``task`` goes under ``policy`` given the ledger ``snap`` at ``now``."""
     t0 = time.perf_counter()
     cls = policy.classes[task.workload]
-    sla = task.effective_sla_ms
     bkey = keys.baseline(task.service, task.task_type)
     cx = score(task, cls.complexity, snap.baselines.get(bkey, Baseline()))
-    triggers: list[Trigger] = []
-    why: list[str] = []
-
-    # 1-2. classify and map to a tier; a force rule wins, then an allowed requested tier.
     mapped, rule_id = _map_tier(policy, cls, task, cx.score)
-    why.append(f"complexity {cx.score:.3f} maps to {cls.tiers[mapped].name} ({rule_id})")
-    asked: int | None = mapped
+    w = _Work(task, policy, cls, snap, now, _scopes(policy, task, snap, now) if mode != "off" else [], mapped)
+    w.why.append(f"complexity {cx.score:.3f} maps to {w.name(mapped)} ({rule_id})")
+
+    # a force rule wins, then an allowed requested tier
     rule = next((r for r in policy.rules if r.matches(task)), None)
     if rule is not None:
-        asked, rule_id = cls.index(rule.tier), f"rules.{rule.id}"
-        triggers.append(Trigger.POLICY)
-        why.append(f"rule {rule.id} forces {rule.tier}")
+        rule_id = f"rules.{rule.id}"
+        w.move(Trigger.POLICY, cls.index(rule.tier), f"rule {rule.id} forces {rule.tier}")
     elif task.requested_tier is not None:
         req = cls.index(task.requested_tier)
         if req is None:
-            asked = None
-            triggers.append(Trigger.POLICY)
-            why.append(f"requested tier {task.requested_tier!r} is not a {task.workload.value} tier")
+            w.move(Trigger.POLICY, None, f"requested tier {task.requested_tier!r} is not a {task.workload.value} tier")
         elif cls.honour_requested_tier:
-            asked, rule_id = req, f"{task.workload.value}.requested"
-            why.append(f"requested tier {task.requested_tier} honoured")
+            rule_id, w.cur = f"{task.workload.value}.requested", req
+            w.why.append(f"requested tier {task.requested_tier} honoured")
         else:
-            why.append(f"requested tier {task.requested_tier} ignored: policy does not honour requests")
+            w.why.append(f"requested tier {task.requested_tier} ignored: policy does not honour requests")
+    asked = w.cur
 
-    scopes = _scopes(policy, task, snap, now) if mode != "off" else []
-    cur = asked
-
-    # 3. enforcement, in the standard order.
     if mode == "off":
-        triggers.append(Trigger.FLAG)
-        why.append("service adoption flag is off: routed as asked, unmanaged")
-    if cur is not None and mode != "off" and not _eligible(cls, cur, sla):
-        below = _step_down(cls, cur, sla)
-        above = next((i for i in range(cur + 1, len(cls.tiers)) if _eligible(cls, i, sla)), None)
-        new = below if below is not None else above
-        triggers.append(Trigger.SLA_GUARD)
-        if new is None:
-            why.append(f"no tier meets the {sla:g} ms SLA")
-        else:
-            why.append(f"{cls.tiers[cur].name} p95 {cls.tiers[cur].p95_ms:g} ms > SLA {sla:g} ms: {cls.tiers[new].name}")
-        cur = new
-    if cur is not None and mode != "off" and policy.triggers.load.enabled:
-        rep = snap.load.get(cls.tiers[cur].executor)
-        lt = policy.triggers.load
-        if rep and rep.saturation >= lt.saturation and now - rep.at <= timedelta(seconds=lt.max_age_s):
-            new = _step_down(cls, cur, sla, lambda i: _saturation(snap, cls.tiers[i].executor, now, lt) < lt.saturation)
-            if new is not None:
-                triggers.append(Trigger.LOAD)
-                why.append(f"{cls.tiers[cur].executor} saturated ({rep.saturation:.2f}): {cls.tiers[new].name}")
-                cur = new
-    if cur is not None and scopes:
-        soft = [s for s in scopes if s.soft()]
-        trend = [s for s in scopes if s.trend_now]
-        if soft or trend:
-            new = _step_down(cls, cur, sla)
-            if soft:
-                triggers.append(Trigger.BUDGET_SOFT)
-                why.append("past soft threshold: " + ", ".join(f"{s.budget.id}/{s.scope}" for s in soft))
-            if trend:
-                triggers.append(Trigger.TREND)
-                why.append("spend projected over cap: " + ", ".join(f"{s.budget.id}/{s.scope}" for s in trend))
-            if new is not None:
-                why.append(f"one step down to {cls.tiers[new].name}")
-                cur = new
-        amounts = [to_micros(estimate(t, task)) for t in cls.tiers]
-        if not all(s.fits(amounts[cur]) for s in scopes):
-            fit = [i for i in range(cur, -1, -1) if _eligible(cls, i, sla) and all(s.fits(amounts[i]) for s in scopes)]
-            triggers.append(Trigger.BUDGET_HARD)
-            tight = [f"{s.budget.id}/{s.scope}" for s in scopes if not s.fits(amounts[cur])]
-            if fit:
-                why.append(f"{cls.tiers[cur].name} would cross the cap of {', '.join(tight)}: {cls.tiers[fit[0]].name}")
-                cur = fit[0]
-            else:
-                why.append(f"no tier meeting the SLA fits under the cap of {', '.join(tight)}")
-                cur = None
-
-    enforced = cur
-    assigned = enforced
+        w.triggers.append(Trigger.FLAG)
+        w.why.append("service adoption flag is off: routed as asked, unmanaged")
+    else:
+        w.sla_guard()
+        w.load()
+        w.budget_pressure()
+        w.budget_hard()
+    enforced = assigned = w.cur
     if mode == "shadow":
         assigned = asked
-        triggers.append(Trigger.SHADOW)
-        shown = cls.tiers[enforced].name if enforced is not None else "reject"
-        why.append(f"shadow mode: enforcement would give {shown}; routed as asked")
+        w.triggers.append(Trigger.SHADOW)
+        w.why.append(f"shadow mode: enforcement would give {w.name(enforced) or 'reject'}; routed as asked")
 
     amount = to_micros(estimate(cls.tiers[assigned], task)) if assigned is not None and mode != "off" else 0
-    return _plan(
-        task, policy, cls, snap, now, scopes, cx, bkey, triggers, why, rule_id,
-        mapped, asked, enforced, assigned, amount, mode, arm, reservation_ttl_s, t0,
+    est_asked = estimate(cls.tiers[asked if asked is not None else mapped], task)
+    decision = Decision(
+        decision_id=decision_id_for(task.service, task.task_id),
+        task_id=task.task_id, service=task.service, workload=task.workload, task_type=task.task_type,
+        tenant=task.tenant, outcome=_outcome(asked, assigned), mode=mode, canary_arm=arm,
+        policy_version=policy.version, policy_name=policy.name, rule_id=rule_id,
+        complexity_score=cx.score, complexity_raw=cx.raw, complexity_inputs=cx.inputs,
+        baseline_mean=cx.ref_mean, baseline_std=cx.ref_std, baseline_n=cx.baseline_n,
+        requested_tier=task.requested_tier, asked_tier=w.name(asked), enforced_tier=w.name(enforced),
+        assigned_tier=w.name(assigned), executor=cls.tiers[assigned].executor if assigned is not None else None,
+        triggers=w.triggers, rationale="; ".join(w.why), currency=policy.currency,
+        estimate_asked=est_asked,
+        estimate_assigned=estimate(cls.tiers[assigned], task) if assigned is not None else Decimal(0),
+        reserved=from_micros(amount), budgets=[s.state_after(amount) for s in w.scopes], sla_ms=w.sla,
+        executor_p95_ms=cls.tiers[assigned].p95_ms if assigned is not None else None,
+        engine_version=__version__, decided_at=now,
+        decision_latency_ms=(time.perf_counter() - t0) * 1000.0,
     )
-
-
-def _saturation(snap: Snapshot, executor: str, now: datetime, lt) -> float:
-    rep = snap.load.get(executor)
-    if rep is None or now - rep.at > timedelta(seconds=lt.max_age_s):
-        return 0.0
-    return rep.saturation
+    return Plan(
+        decision=decision,
+        amount=amount,
+        enforce=mode == "enforce",
+        charges=tuple(ScopeCharge(s.key, s.limit, s.expire_at_ms) for s in w.scopes) if amount else (),
+        baseline_key=bkey,
+        raw_complexity=cx.raw,
+        trend_flags=tuple((s.key, s.trend_now, s.expire_at_ms) for s in w.scopes if s.trend_now != s.state.trend),
+        expires_at_ms=int(now.timestamp() * 1000) + int(reservation_ttl_s * 1000),
+    )
 
 
 def _outcome(asked: int | None, assigned: int | None) -> Outcome:
@@ -288,52 +351,6 @@ def _outcome(asked: int | None, assigned: int | None) -> Outcome:
     if asked is None or assigned == asked:
         return Outcome.ROUTED
     return Outcome.DOWNGRADED if assigned < asked else Outcome.REROUTED
-
-
-def _plan(task, policy, cls, snap, now, scopes, cx, bkey, triggers, why, rule_id,
-          mapped, asked, enforced, assigned, amount, mode, arm, ttl_s, t0) -> Plan:  # fmt: skip
-    name = lambda i: cls.tiers[i].name if i is not None else None  # noqa: E731
-    est_asked = estimate(cls.tiers[asked if asked is not None else mapped], task)
-    budgets = [
-        BudgetState(
-            budget_id=s.budget.id, scope=s.scope, window=s.span.id, window_start=s.span.start,
-            window_end=s.span.end, limit=s.budget.limit, soft_pct=s.budget.soft_pct,
-            spent=from_micros(s.state.spent), reserved_before=from_micros(s.state.reserved),
-            committed_after=from_micros(s.state.committed + amount), projected=from_micros(s.projected),
-            trend_active=s.trend_now,
-        )
-        for s in scopes
-    ]
-    decision = Decision(
-        decision_id=decision_id_for(task.service, task.task_id),
-        task_id=task.task_id, service=task.service, workload=task.workload, task_type=task.task_type,
-        tenant=task.tenant, outcome=_outcome(asked, assigned), mode=mode, canary_arm=arm,
-        policy_version=policy.version, policy_name=policy.name, rule_id=rule_id,
-        complexity_score=cx.score, complexity_raw=cx.raw, complexity_inputs=cx.inputs,
-        baseline_mean=cx.ref_mean, baseline_std=cx.ref_std, baseline_n=cx.baseline_n,
-        requested_tier=task.requested_tier, asked_tier=name(asked), enforced_tier=name(enforced),
-        assigned_tier=name(assigned), executor=cls.tiers[assigned].executor if assigned is not None else None,
-        triggers=triggers, rationale="; ".join(why), currency=policy.currency,
-        estimate_asked=est_asked,
-        estimate_assigned=estimate(cls.tiers[assigned], task) if assigned is not None else Decimal(0),
-        reserved=from_micros(amount), budgets=budgets, sla_ms=task.effective_sla_ms,
-        executor_p95_ms=cls.tiers[assigned].p95_ms if assigned is not None else None,
-        engine_version=__version__, decided_at=now,
-        decision_latency_ms=(time.perf_counter() - t0) * 1000.0,
-    )
-    now_ms = int(now.timestamp() * 1000)
-    return Plan(
-        decision=decision,
-        amount=amount,
-        enforce=mode == "enforce",
-        charges=tuple(ScopeCharge(s.key, s.limit, int(s.span.end.timestamp() * 1000)) for s in scopes) if amount else (),
-        baseline_key=bkey,
-        raw_complexity=cx.raw,
-        trend_flags=tuple(
-            (s.key, s.trend_now, int(s.span.end.timestamp() * 1000)) for s in scopes if s.trend_now != s.state.trend
-        ),
-        expires_at_ms=now_ms + int(ttl_s * 1000),
-    )
 
 
 def apply_plan(snap: Snapshot, plan: Plan, policy: Policy) -> None:
