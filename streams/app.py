@@ -21,7 +21,7 @@ from dispatch_core.policy import load_policy
 from dispatch_core.policy_store import PolicyStore
 from dispatch_core.settings import Settings
 from streams.outputs import Outputs
-from streams.pipeline import Incoming, Pipeline
+from streams.pipeline import Incoming, Pipeline, until_done
 from streams.topics import topic_specs
 
 log = logging.getLogger(__name__)
@@ -90,19 +90,19 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def dispatch(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            await pipeline.handle_tasks(_incoming(events))
+            await until_done(pipeline.handle_tasks, _incoming(events))
 
     @app.agent(topic(settings.topic_cost), concurrency=1)
     async def settle(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            await pipeline.handle_costs(_incoming(events))
+            await until_done(pipeline.handle_costs, _incoming(events))
 
     @app.agent(topic(settings.topic_load), concurrency=1)
     async def load(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
         async for events in stream.take_events(100, within=0.05):
-            await pipeline.handle_load(_incoming(events))
+            await until_done(pipeline.handle_load, _incoming(events))
 
     @app.timer(interval=1.0)
     async def release_expired() -> None:

@@ -8,17 +8,20 @@ so the caller's input offsets are committed only after its outputs exist.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from dispatch_core.dispatcher import Dispatcher
 from dispatch_core.engine import invalid
-from dispatch_core.errors import TaskError
+from dispatch_core.errors import DispatchError, TaskError
 from dispatch_core.ledger import RedisLedger, Settlement
 from dispatch_core.task import parse_task
 from streams import metrics
@@ -49,6 +52,26 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+async def until_done(handle: Callable[[list[Any]], Awaitable[Any]], batch: list[Any],
+                     max_delay_s: float = 5.0) -> None:
+    """Run ``handle(batch)`` until it succeeds, backing off between tries.
+
+    Faust acks a ``take_events`` batch once the agent moves on, even if the handler raised,
+    so a failure must not escape the agent: that would lose the batch. Every handler here is
+    idempotent (decisions are stored by id, settlements are idempotent, outputs carry the
+    decision id), so trying again is safe; the partition waits meanwhile instead of skipping.
+    """
+    delay = 0.1
+    while True:
+        try:
+            await handle(batch)
+            return
+        except (DispatchError, KafkaError, OSError) as exc:
+            log.error("batch of %d failed, retrying in %.1f s: %s", len(batch), delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
 
 
 class Pipeline:
@@ -128,17 +151,28 @@ class Pipeline:
             await self.ledger.report_load(u.executor, u.saturation, u.at)
 
     async def release_expired(self) -> int:
-        """Release reservations never settled in time and record each release."""
-        released = await self.ledger.release_expired(datetime.now(UTC))
-        writes = []
-        for r in released:
-            metrics.SETTLEMENTS.labels(kind="released").inc()
-            writes.append(await self.outputs.audit_settlement({
-                "decision_id": r.decision_id, "kind": "released", "task_id": None, "service": None,
-                "executor": None, "currency": self.dispatcher.default_policy.currency, "reserved": r.amount,
-                "actual": None, "scopes": [], "run_ms": None, "dispatch_ms": None, "recorded_at": datetime.now(UTC),
-            }))
-        await delivered(writes)
+        """Release reservations never settled in time and record each release.
+
+        The release is atomic in Redis; its audit events are then written until the broker
+        has them (a crash between the two is the one window where a release goes unrecorded).
+        """
+        try:
+            released = await self.ledger.release_expired(datetime.now(UTC))
+        except DispatchError as exc:
+            log.warning("could not release expired reservations this round: %s", exc)
+            return 0
+        events = [{
+            "decision_id": r.decision_id, "kind": "released", "task_id": None, "service": None,
+            "executor": None, "currency": self.dispatcher.default_policy.currency, "reserved": r.amount,
+            "actual": None, "scopes": [], "run_ms": None, "dispatch_ms": None, "recorded_at": datetime.now(UTC),
+        } for r in released]
+
+        async def write(_: object) -> None:
+            await delivered([await self.outputs.audit_settlement(e) for e in events])
+
+        if events:
+            await until_done(write, [])
+            metrics.SETTLEMENTS.labels(kind="released").inc(len(events))
         return len(released)
 
 
