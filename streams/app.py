@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -60,6 +62,25 @@ def _incoming(events: Any) -> list[Incoming]:
     return [Incoming(e.value, e.message.topic, e.message.partition, e.message.offset) for e in events]
 
 
+async def _drain(stream: Any, handle: Callable[[list[Incoming]], Awaitable[None]], size: int, within_s: float) -> None:
+    """Hand the stream to ``handle`` batch by batch; a batch's offsets may be committed only once handled.
+
+    ``take_events`` acks a batch as soon as the loop leaves it, finished or not. So if a
+    batch cannot be finished (a bug, or cancellation mid-batch at shutdown) the process
+    exits on the spot instead, before anything commits: the batch is redelivered, and since
+    handling is idempotent the redelivery yields the same decisions and no second charge.
+    """
+    async for events in stream.take_events(size, within=within_s):
+        batch = _incoming(events)
+        try:
+            await until_done(handle, batch)
+        except BaseException:
+            log.critical("a batch of %d from %s was not handled: exiting so it is redelivered", len(batch),
+                         batch[0].topic if batch else "?", exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+
+
 def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     """Build the dispatcher's Faust app for ``settings``."""
     partitions = {spec.name: spec.partitions for spec in topic_specs(settings, [])}
@@ -89,20 +110,17 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.agent(topic(settings.topic_tasks), concurrency=1)
     async def dispatch(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            await until_done(pipeline.handle_tasks, _incoming(events))
+        await _drain(stream, pipeline.handle_tasks, settings.batch_size, settings.batch_within_s)
 
     @app.agent(topic(settings.topic_cost), concurrency=1)
     async def settle(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            await until_done(pipeline.handle_costs, _incoming(events))
+        await _drain(stream, pipeline.handle_costs, settings.batch_size, settings.batch_within_s)
 
     @app.agent(topic(settings.topic_load), concurrency=1)
     async def load(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
-        async for events in stream.take_events(100, within=0.05):
-            await until_done(pipeline.handle_load, _incoming(events))
+        await _drain(stream, pipeline.handle_load, 100, 0.05)
 
     @app.timer(interval=1.0)
     async def release_expired() -> None:
