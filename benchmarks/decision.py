@@ -67,7 +67,7 @@ def engine_runs(runs: int, n: int) -> list[list[float]]:
             t0 = time.perf_counter()
             plan = decide(t, policy, snap, now)
             samples.append((time.perf_counter() - t0) * 1000)
-            apply_plan(snap, plan, policy)
+            apply_plan(snap, plan)
         out.append(samples)
     return out
 

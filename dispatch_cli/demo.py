@@ -17,6 +17,7 @@ import secrets
 import socket
 import sys
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ class Processes:
             process.stop(pid, timeout_s=15)
 
 
-async def _wait(cond, what: str, procs: Processes, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+async def _wait(cond: Callable[[], bool], what: str, procs: Processes, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
         procs.check()
@@ -170,7 +171,7 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
         procs.start("worker", "worker")
         procs.start("executors", "executor", "--all", "--capacity", "24")
         async with TaskProducer(s) as producer:
-            probe = {"task_id": f"{run_id}-probe", "service": PROBE_SERVICE, "workload": "kernel",
+            probe: dict[str, Any] = {"task_id": f"{run_id}-probe", "service": PROBE_SERVICE, "workload": "kernel",
                      "features": {"cpu_ms": 1}}
             await producer.submit(probe)
             probe_id = decision_id_for(PROBE_SERVICE, probe["task_id"])

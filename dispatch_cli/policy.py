@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 import typer
 from redis.asyncio import Redis
@@ -23,7 +24,10 @@ rollout_app = typer.Typer(help="Per-service adoption: mode, pinned policy versio
 PolicyFile = Annotated[Path, typer.Argument(help="policy file (YAML or JSON)")]
 
 
-async def _with_store(fn):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+async def _with_store(fn: Callable[[PolicyStore], Awaitable[T]]) -> T:
     redis = Redis.from_url(get_settings().redis_url, decode_responses=True, socket_timeout=2)
     try:
         return await fn(PolicyStore(redis, rollout_refresh_s=0))
@@ -31,7 +35,8 @@ async def _with_store(fn):  # type: ignore[no-untyped-def]
         await redis.aclose()
 
 
-def _run(fn):  # type: ignore[no-untyped-def]
+def _run(fn: Callable[[PolicyStore], Awaitable[T]]) -> T:
+    """Run ``fn`` with a policy store on the configured Redis; project errors become one line."""
     return run(_with_store(fn))
 
 

@@ -38,8 +38,8 @@ class Complexity:
 
 def raw_complexity(task: Task, model: ComplexityModel) -> tuple[float, dict[str, float]]:
     """Weighted sum of ln(1 + feature) over the features the class's model uses."""
-    inputs = {name: float(getattr(task.features, name) or 0) for name in model.weights}
-    raw = sum(w * math.log1p(inputs[name]) for name, w in model.weights.items())
+    inputs: dict[str, float] = {name: float(getattr(task.features, name) or 0) for name in model.weights}
+    raw = math.fsum(w * math.log1p(inputs[name]) for name, w in model.weights.items())
     return raw, inputs
 
 

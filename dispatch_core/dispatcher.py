@@ -10,6 +10,7 @@ meets the SLA), as configured, and says so in the record.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -105,7 +106,7 @@ class Dispatcher:
                 baseline_keys.append(b)
             ids = [decision_id_for(tasks[i].service, tasks[i].task_id) for i in pending]
             snap, stored = await self.ledger.read(scope_keys, baseline_keys, ids)
-            planned: list[tuple[int, Plan, Policy]] = []
+            planned: list[tuple[int, Plan]] = []
             for i, did in zip(pending, ids, strict=True):
                 if did in stored:
                     results[i] = stored[did]
@@ -117,11 +118,11 @@ class Dispatcher:
                 )
                 if round_no == self.max_rounds - 1:
                     plan = _contention_reject(plan) if plan.amount and plan.enforce else plan
-                apply_plan(snap, plan, route.policy)
-                planned.append((i, plan, route.policy))
-            commits = await self.ledger.commit([p for _, p, _ in planned], [pol for *_, pol in planned])
+                apply_plan(snap, plan)
+                planned.append((i, plan))
+            commits = await self.ledger.commit([p for _, p in planned])
             pending = []
-            for (i, plan, _), res in zip(planned, commits, strict=True):
+            for (i, plan), res in zip(planned, commits, strict=True):
                 if res.status == "ok":
                     results[i] = plan.decision
                 elif res.status == "dup":
@@ -164,4 +165,4 @@ def _contention_reject(plan: Plan) -> Plan:
             "reserved": type(plan.decision.reserved)(0), "estimate_assigned": type(plan.decision.reserved)(0),
         }
     )
-    return Plan(d, 0, plan.enforce, (), plan.baseline_key, plan.raw_complexity, plan.trend_flags, plan.expires_at_ms)
+    return dataclasses.replace(plan, decision=d, amount=0, charges=())

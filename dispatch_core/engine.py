@@ -14,17 +14,18 @@ decisions can be planned ahead of one Redis round trip.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from dispatch_core import keys
 from dispatch_core.version import __version__
 from dispatch_core.classify import Baseline, score, update_baseline
 from dispatch_core.decision import Arm, BudgetState, Decision, Mode, Outcome, Trigger, decision_id_for
 from dispatch_core.money import from_micros, quantize, to_micros
-from dispatch_core.policy import Budget, ClassPolicy, Policy, Tier
+from dispatch_core.policy import Budget, ClassPolicy, ComplexityModel, Policy, Tier
 from dispatch_core.task import Task, WorkloadClass
 from dispatch_core.windows import WindowSpan, window_at
 
@@ -85,6 +86,7 @@ class Plan:
     charges: tuple[ScopeCharge, ...]
     baseline_key: str
     raw_complexity: float
+    complexity: ComplexityModel  # how the baseline update is computed (mirrored by the Lua)
     trend_flags: tuple[tuple[str, bool, int], ...]  # (budget key, flag, key expiry ms)
     expires_at_ms: int
 
@@ -340,6 +342,7 @@ def decide(
         charges=tuple(ScopeCharge(s.key, s.limit, s.expire_at_ms) for s in w.scopes) if amount else (),
         baseline_key=bkey,
         raw_complexity=cx.raw,
+        complexity=cls.complexity,
         trend_flags=tuple((s.key, s.trend_now, s.expire_at_ms) for s in w.scopes if s.trend_now != s.state.trend),
         expires_at_ms=int(now.timestamp() * 1000) + int(reservation_ttl_s * 1000),
     )
@@ -353,7 +356,7 @@ def _outcome(asked: int | None, assigned: int | None) -> Outcome:
     return Outcome.DOWNGRADED if assigned < asked else Outcome.REROUTED
 
 
-def apply_plan(snap: Snapshot, plan: Plan, policy: Policy) -> None:
+def apply_plan(snap: Snapshot, plan: Plan) -> None:
     """Replay a plan's commit on ``snap`` (as the ledger's Lua does) so later tasks see it."""
     for key, flag, _ in plan.trend_flags:
         s = snap.scopes.get(key, ScopeState())
@@ -361,26 +364,26 @@ def apply_plan(snap: Snapshot, plan: Plan, policy: Policy) -> None:
     for c in plan.charges:
         s = snap.scopes.get(c.key, ScopeState())
         snap.scopes[c.key] = ScopeState(s.spent, s.reserved + plan.amount, s.trend)
-    model = policy.classes[plan.decision.workload].complexity
     base = snap.baselines.get(plan.baseline_key, Baseline())
-    snap.baselines[plan.baseline_key] = update_baseline(base, plan.raw_complexity, model)
+    snap.baselines[plan.baseline_key] = update_baseline(base, plan.raw_complexity, plan.complexity)
 
 
-def invalid(raw: dict[str, object], error: str, policy: Policy, now: datetime) -> Decision:
+def invalid(raw: Mapping[str, Any], error: str, policy: Policy, now: datetime) -> Decision:
     """The rejection recorded for a task that failed validation but whose task id is known."""
-    def text(key: str, default: str | None) -> str | None:
+    def text(key: str) -> str | None:
         value = raw.get(key)
-        return value if isinstance(value, str) and value else default
+        return value if isinstance(value, str) and value else None
 
-    workload = raw.get("workload")
+    workload = text("workload")
+    service = text("service") or "unknown"
     return Decision(
-        decision_id=decision_id_for(text("service", "unknown"), str(raw["task_id"])),
-        task_id=str(raw["task_id"]), service=text("service", "unknown"),
-        workload=workload if workload in {w.value for w in WorkloadClass} else None,
-        task_type=text("task_type", "default"), tenant=text("tenant", None), outcome=Outcome.REJECTED,
+        decision_id=decision_id_for(service, str(raw["task_id"])),
+        task_id=str(raw["task_id"]), service=service,
+        workload=WorkloadClass(workload) if workload in {w.value for w in WorkloadClass} else None,
+        task_type=text("task_type") or "default", tenant=text("tenant"), outcome=Outcome.REJECTED,
         mode="enforce", canary_arm="stable", policy_version=policy.version, policy_name=policy.name,
         rule_id="validation", complexity_score=0.0, complexity_raw=0.0, complexity_inputs={},
-        baseline_mean=0.0, baseline_std=0.0, baseline_n=0, requested_tier=text("requested_tier", None),
+        baseline_mean=0.0, baseline_std=0.0, baseline_n=0, requested_tier=text("requested_tier"),
         asked_tier=None, enforced_tier=None, assigned_tier=None, executor=None, triggers=[Trigger.INVALID],
         rationale=error, currency=policy.currency, estimate_asked=Decimal(0), estimate_assigned=Decimal(0),
         reserved=Decimal(0), budgets=[], sla_ms=0.0, executor_p95_ms=None, engine_version=__version__,

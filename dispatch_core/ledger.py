@@ -25,7 +25,6 @@ from dispatch_core.decision import Decision
 from dispatch_core.engine import LoadReport, Plan, ScopeState, Snapshot
 from dispatch_core.redis_io import guarded
 from dispatch_core.money import from_micros, to_micros
-from dispatch_core.policy import Policy
 
 
 
@@ -84,7 +83,7 @@ class RedisLedger:
     ) -> tuple[Snapshot, dict[str, Decision]]:
         """Everything a batch of decisions needs, in one round trip (one Lua read)."""
         scopes, baselines, ids = sorted(set(scope_keys)), sorted(set(baseline_keys)), sorted(set(decision_ids))
-        args = [len(scopes), len(baselines), len(ids), *scopes, *baselines, *ids]
+        args: list[str | int] = [len(scopes), len(baselines), len(ids), *scopes, *baselines, *ids]
         reply = await guarded(lambda: self._snapshot(args=args))
         snap = Snapshot()
         for j, k in enumerate(scopes):
@@ -102,11 +101,11 @@ class RedisLedger:
             snap.load[executor] = LoadReport(float(rep["saturation"]), datetime.fromisoformat(rep["at"]))
         return snap, stored
 
-    async def commit(self, plans: Sequence[Plan], policies: Sequence[Policy]) -> list[CommitResult]:
-        """Commit planned decisions atomically and in order; ``policies[i]`` decided ``plans[i]``."""
+    async def commit(self, plans: Sequence[Plan]) -> list[CommitResult]:
+        """Commit planned decisions atomically and in order."""
         items = []
-        for plan, policy in zip(plans, policies, strict=True):
-            model = policy.classes[plan.decision.workload].complexity
+        for plan in plans:
+            model = plan.complexity
             items.append(
                 {
                     "d": plan.decision.decision_id,

@@ -42,7 +42,7 @@ class PolicyStore:
         text = await guarded(lambda: self.redis.get(keys.policy(version)))
         if text is None:
             raise PolicyError(f"policy version {version} is not published")
-        policy = policy_from_canonical(text)
+        policy = policy_from_canonical(text if isinstance(text, str) else text.decode())
         if policy.version != version:
             raise PolicyError(f"stored policy {version} hashes to {policy.version}: the store was tampered with")
         self._policies[version] = policy

@@ -70,7 +70,7 @@ def replay(events: Iterable[Mapping[str, Any]], policy: Policy) -> ReplayReport:
             report.skipped += 1
             continue
         plan = decide(task, policy, snap, event["decided_at"])
-        apply_plan(snap, plan, policy)
+        apply_plan(snap, plan)
         new = plan.decision
         report.decisions += 1
         report.recorded_cost += event["estimate_assigned"]

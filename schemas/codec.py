@@ -89,7 +89,9 @@ def decode(data: bytes) -> tuple[EventSchema, dict[str, Any]]:
     schema = SCHEMAS.get(data[2:10])
     if schema is None:
         raise AuditEncodingError(f"unknown schema fingerprint {data[2:10].hex()}")
-    return schema, fastavro.schemaless_reader(io.BytesIO(data[10:]), schema.parsed)
+    record = fastavro.schemaless_reader(io.BytesIO(data[10:]), schema.parsed)
+    assert isinstance(record, dict)
+    return schema, record
 
 
 def headers(schema: EventSchema, kind: str) -> list[tuple[str, bytes]]:

@@ -66,7 +66,7 @@ class LocalStack:
                 started.append(service)
             timeout_s = self.settings.stack_ready_timeout_s
             results = await asyncio.gather(
-                *(s.wait_ready(pids[s.name], timeout_s) for s in services if pids[s.name] is not None),
+                *(s.wait_ready(pid, timeout_s) for s in services if (pid := pids[s.name]) is not None),
                 return_exceptions=True,
             )
             for result in results:

@@ -126,8 +126,8 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def release_expired() -> None:
         await (await runtime.pipeline()).release_expired()
 
-    @app.on_before_shutdown.connect
-    async def close(app: faust.App, **kwargs: Any) -> None:
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode types receivers as sync
+    async def close(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         await runtime.close()
 
     return app, runtime

@@ -34,7 +34,7 @@ class RoutedTask(BaseModel):
 
     @classmethod
     def of(cls, decision: Decision, task: dict[str, Any], created_at: datetime) -> RoutedTask:
-        assert decision.assigned_tier is not None and decision.executor is not None
+        assert decision.assigned_tier and decision.executor and decision.workload, "only routed decisions"
         return cls(
             decision_id=decision.decision_id, task_id=decision.task_id, service=decision.service,
             workload=decision.workload.value, tier=decision.assigned_tier, executor=decision.executor,

@@ -23,7 +23,7 @@ from dispatch_core.dispatcher import Dispatcher
 from dispatch_core.engine import invalid
 from dispatch_core.errors import DispatchError, TaskError
 from dispatch_core.ledger import RedisLedger, Settlement
-from dispatch_core.task import parse_task
+from dispatch_core.task import Task, parse_task
 from streams import metrics
 from streams.messages import CostReport, LoadUpdate, RoutedTask
 from streams.outputs import Delivery, Outputs, delivered
@@ -85,7 +85,7 @@ class Pipeline:
     async def handle_tasks(self, batch: list[Incoming]) -> None:
         """Decide a batch of task records; route, audit or dead-letter every one."""
         writes: list[Delivery] = []
-        valid = []
+        valid: list[tuple[Task, dict[str, Any]]] = []
         for rec in batch:
             data = _json_object(rec.value)
             try:
@@ -93,6 +93,7 @@ class Pipeline:
             except TaskError as exc:
                 writes += await self._reject_invalid(rec, data, str(exc))
                 continue
+            assert data is not None, "parse_task accepts only a JSON object"
             valid.append((task, data))
         decisions = await self.dispatcher.decide([t for t, _ in valid]) if valid else []
         for decision, (task, data) in zip(decisions, valid, strict=True):
@@ -105,8 +106,7 @@ class Pipeline:
     async def _reject_invalid(self, rec: Incoming, data: dict[str, Any] | None, error: str) -> list[Delivery]:
         metrics.DLQ.labels(source=rec.topic).inc()
         writes = [await self.outputs.dead_letter(rec.value, error, rec.source())]
-        task_id = data.get("task_id") if data else None
-        if isinstance(task_id, str) and task_id:
+        if data is not None and isinstance(data.get("task_id"), str) and data["task_id"]:
             decision = invalid(data, error, self.dispatcher.default_policy, datetime.now(UTC))
             writes.append(await self.outputs.audit_decision(decision))
             metrics.observe(decision)
@@ -161,7 +161,7 @@ class Pipeline:
         except DispatchError as exc:
             log.warning("could not release expired reservations this round: %s", exc)
             return 0
-        events = [{
+        events: list[dict[str, Any]] = [{
             "decision_id": r.decision_id, "kind": "released", "task_id": None, "service": None,
             "executor": None, "currency": self.dispatcher.default_policy.currency, "reserved": r.amount,
             "actual": None, "scopes": [], "run_ms": None, "dispatch_ms": None, "recorded_at": datetime.now(UTC),

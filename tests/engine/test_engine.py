@@ -177,7 +177,7 @@ def test_apply_plan_lets_the_next_decision_of_a_batch_see_the_reservation():
     assigned = []
     for i in range(6):
         plan = decide(llm_task("large", task_id=f"t{i}"), p, snap, NOON)
-        apply_plan(snap, plan, p)
+        apply_plan(snap, plan)
         assigned.append(plan.decision.assigned_tier)
     assert snap.scopes[gkey()].reserved <= 100_000
     assert assigned[0] == "large" and assigned[-1] != "large"

@@ -158,9 +158,9 @@ async def test_planning_a_batch_matches_what_the_lua_commits(ledger):
     for i in range(20):
         t = llm_task(["small", "medium", "large"][i % 3], task_id=f"p{i}", tenant="acme")
         plan = decide(t, policy, snap, NOON)
-        apply_plan(snap, plan, policy)
+        apply_plan(snap, plan)
         plans.append(plan)
-    results = await ledger.commit(plans, [policy] * len(plans))
+    results = await ledger.commit(plans)
     assert {r.status for r in results} == {"ok"}
     fresh, stored = await ledger.read(snap.scopes, snap.baselines, [p.decision.decision_id for p in plans])
     assert fresh.scopes == snap.scopes

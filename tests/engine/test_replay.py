@@ -19,7 +19,7 @@ def recorded(policy, n=60):
                  "kernel": {"cpu_ms": 7.0 * i, "payload_bytes": 1000 * i}}[kind]
         t = task(kind, task_id=f"r{i}", tenant="acme", features=feats, created_at=NOON + timedelta(seconds=i))
         plan = decide(t, policy, snap, NOON + timedelta(seconds=i))
-        apply_plan(snap, plan, policy)
+        apply_plan(snap, plan)
         events.append(decode(encode(DECISION, plan.decision.model_dump()))[1])
     return events
 
