@@ -59,3 +59,18 @@ def test_demo_json_reports_a_run_on_the_real_stack(stack, monkeypatch, fresh_set
     assert report["decisions"] == summary["decisions"] - invalid + probe and report["skipped"] == invalid
     assert sum(report["moves"].values()) == report["changed"] and float(report["recorded_cost"]) > 0
     assert report["policy_version"] != summary["policy_version"]  # a different policy than the one recorded
+
+
+def test_finance_report_reads_the_audit_topic(pipeline_settings, procs, monkeypatch, fresh_settings_cache):
+    s = pipeline_settings
+    _env(monkeypatch, s)
+    procs.start("worker", s, "worker")
+    tasks = [{"task_id": f"f{i}", "service": svc, "workload": "kernel", "features": {"cpu_ms": 20}}
+             for i in range(6) for svc in ("alpha", "beta")]
+    assert runner.invoke(app, ["submit", "--file", "-"], input="\n".join(json.dumps(t) for t in tasks)).exit_code == 0
+    asyncio.run(consume(s, [s.topic_audit], lambda rs: len(rs) >= 12))
+    result = runner.invoke(app, ["finance", "report", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {k: v["decisions"] for k, v in report["services"].items()} == {"alpha": 6, "beta": 6}
+    assert report["totals"]["decisions"] == 12

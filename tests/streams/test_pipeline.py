@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import fastavro
+from aiokafka.errors import KafkaError
 
 from dispatch_core import keys
 from dispatch_core.decision import decision_id_for
@@ -20,6 +21,7 @@ from dispatch_core.rollout import Rollout, ServiceRollout
 from dispatch_core.settings import Settings
 from streams.messages import CostReport
 from streams.producer import TaskProducer
+from streams.topics import admin_client
 
 from .conftest import consume, wait_for
 
@@ -199,10 +201,9 @@ async def test_cost_feedback_settles_and_unsettled_reservations_are_released(pip
     assert state.reserved == 0 and state.spent == 4 * 1000  # four actuals of 0.001, counted once each
 
 
-async def test_executor_reports_cost_and_load_and_worker_scales_out(pipeline_settings, procs, redis_client):
+async def test_executors_report_actual_cost_and_load(pipeline_settings, procs, redis_client):
     s = pipeline_settings
-    procs.start("worker-a", s, "worker")
-    procs.start("worker-b", s, "worker")  # a second member of the same consumer group
+    procs.start("worker", s, "worker")
     procs.start("executors", s, "executor", "--all", "--latency-scale", "0.1")
     tasks = mixed_tasks(60, "exec")
     async with TaskProducer(s) as producer:
@@ -224,3 +225,52 @@ async def test_redis_outage_fails_closed_and_records_it(pipeline_settings, procs
         await producer.submit_many(mixed_tasks(4, "outage"))
     events = audit_events(await consume(s, [s.topic_audit], lambda rs: len(rs) >= 4))
     assert all(e["outcome"] == "rejected" and e["triggers"] == ["ledger_unavailable"] for _, e in events)
+
+
+async def _group_members(s: Settings, want: int = 2) -> bool:
+    """True once the dispatcher's consumer group is stable with ``want`` members."""
+    admin = admin_client(s)
+    await admin.start()
+    try:
+        (group,) = await admin.describe_consumer_groups([s.app_id])
+        _, _, state, _, _, members = group.groups[0][:6]
+        return state == "Stable" and len(members) == want
+    except KafkaError:  # no coordinator before the first member joins
+        return False
+    finally:
+        await admin.close()
+
+
+def _decided_by(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("dispatch_decisions_total{"))
+
+
+async def test_two_workers_share_the_partitions_and_one_global_cap(pipeline_settings, procs, redis_client, tmp_path):
+    """Scale-out on Kafka itself: a second worker joins the group; the Redis ledger keeps the cap global."""
+    data = load_policy().model_dump(mode="json")
+    data["budgets"] = [{"id": "global", "scope": "global", "window": "day", "limit": "1.00", "soft_pct": 1.0}]
+    data["triggers"] = {"trend": {"enabled": False}}
+    (tmp_path / "policy.json").write_text(parse_policy(data).canonical_json())
+    s = pipeline_settings.model_copy(update={"policy_file": tmp_path / "policy.json"})
+    from ..support import free_ports
+
+    port_b = free_ports(1)[0]
+    procs.start("worker-a", s, "worker")
+    procs.start("worker-b", s.model_copy(update={"metrics_port": port_b}), "worker")
+    await wait_for(lambda: _group_members(s), timeout_s=60)  # both joined before any task is sent
+    tasks = [{"task_id": f"so-{i}", "service": f"svc-{i % 12}", "workload": "llm", "features": {"tokens": 9000}}
+             for i in range(240)]
+    async with TaskProducer(s) as producer:
+        await producer.submit_many(tasks)
+    records = await consume(s, [s.topic_audit], lambda rs: len({r.key for r in rs}) >= 240, timeout_s=90)
+    decisions = {e["decision_id"]: e for _, e in audit_events(records)}
+    assert len(decisions) == 240
+    a, b = _decided_by(s.metrics_port), _decided_by(port_b)
+    assert a > 0 and b > 0 and a + b >= 240  # both workers decided a share
+    (key,) = [k async for k in redis_client.scan_iter("dc:budget:global:*")]
+    reserved = (await RedisLedger(redis_client).scope(key)).reserved
+    assert reserved <= 1_000_000  # the cap held across both processes
+    assert Decimal(reserved) / 1_000_000 == sum(d["reserved"] for d in decisions.values())
+    assert any(d["outcome"] == "rejected" for d in decisions.values())
