@@ -227,11 +227,12 @@ def render(summary: dict[str, Any], console: Console) -> None:
     triggers = Table("trigger", "decisions", title="standard triggers fired", title_justify="left")
     for t, n in sorted(summary["by_trigger"].items(), key=lambda kv: -kv[1]):
         triggers.add_row(t, str(n))
-    budgets = Table("budget", "scope", "window", "limit", "spent", "reserved", "used %",
+    budgets = Table("budget / scope", "window", "limit", "spent", "reserved", "used %",
                     title="spend vs budget (from the Redis ledger)", title_justify="left")
+    budgets.columns[0].no_wrap = True
     for b in summary["budgets"]:
-        budgets.add_row(b["budget"], b["scope"], b["window"], b["limit"], b["spent"], b["reserved"],
-                        f"{b['utilisation_pct']:.1f}")
+        money = [f"{Decimal(b[k]):.4f}" for k in ("limit", "spent", "reserved")]
+        budgets.add_row(f"{b['budget']} {b['scope']}", b["window"].split(":")[0], *money, f"{b['utilisation_pct']:.1f}")
     totals = Table("", "", title="run", title_justify="left", show_header=False)
     rows = [
         ("tasks in / decisions / routed / rejected",
