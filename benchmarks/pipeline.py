@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import statistics
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -28,7 +26,7 @@ from aiokafka import AIOKafkaConsumer
 from dispatch_cli.workload import demo_workload
 from dispatch_core.policy import load_policy
 from dispatch_core.settings import Settings, get_settings
-from stack import process
+from stack.children import ProcessGroup
 from streams.producer import TaskProducer
 from streams.topics import ensure_topics
 from workers.finance import AuditLog, pct, read_audit
@@ -43,15 +41,15 @@ async def one_run(base: Settings, loop: str, tasks: int, rate: float, workdir: P
     })
     policy = load_policy(s.policy_file)
     await ensure_topics(s, policy.executors())
-    env = {**os.environ, **s.as_env()}
-    pid = process.spawn([sys.executable, "-m", "dispatch_cli.main", "worker"], log_file=workdir / f"{ns}.log",
-                        pid_file=workdir / f"{ns}.pid", cwd=workdir, env=env)
+    children = ProcessGroup(workdir, stop_timeout_s=20)
+    children.start(ns, s, "worker")
     log, stop = AuditLog(), asyncio.Event()
     reader = asyncio.create_task(read_audit(s.kafka_bootstrap, s.topic_audit, log, stop))
     try:
         async with TaskProducer(s) as producer:
             await producer.submit({"task_id": "warmup", "service": "bench", "workload": "kernel"})
             while not log.decisions:
+                children.check()  # a worker that died on start-up fails the run instead of hanging it
                 await asyncio.sleep(0.1)
             start = time.monotonic()
             for i, msg in enumerate(demo_workload(tasks, ns)):
@@ -65,7 +63,7 @@ async def one_run(base: Settings, loop: str, tasks: int, rate: float, workdir: P
             await asyncio.sleep(0.2)
         routed = await _routed_at(s, policy.executors())
     finally:
-        process.stop(pid)
+        children.stop_all()
         stop.set()
         await reader
     decided = [d for d in log.decisions.values() if d["service"] != "bench" and d["rule_id"] != "validation"]

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import socket
-import sys
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -36,6 +34,7 @@ from dispatch_core.policy_store import PolicyStore
 from dispatch_core.rollout import Rollout, ServiceRollout
 from dispatch_core.settings import Settings
 from stack import process
+from stack.children import ProcessGroup
 from stack.errors import ServiceFailed
 from streams.producer import TaskProducer
 from streams.topics import DLQ_PARTITIONS, ensure_topics
@@ -78,33 +77,7 @@ def demo_settings(base: Settings, run_id: str, run_dir: Path) -> Settings:
     })
 
 
-class Processes:
-    """The worker and executor processes of one demo run, stopped by PID."""
-
-    def __init__(self, settings: Settings, run_dir: Path) -> None:
-        self.env = {**os.environ, **settings.as_env()}
-        self.run_dir = run_dir
-        self.pids: dict[str, int] = {}
-
-    def start(self, name: str, *args: str) -> None:
-        argv = [sys.executable, "-m", "dispatch_cli.main", *args]
-        self.pids[name] = process.spawn(argv, log_file=self.log(name), pid_file=self.run_dir / f"{name}.pid",
-                                        cwd=self.run_dir, env=self.env)
-
-    def log(self, name: str) -> Path:
-        return self.run_dir / f"{name}.log"
-
-    def check(self) -> None:
-        for name, pid in self.pids.items():
-            if not process.is_running(pid):
-                raise ServiceFailed(f"the demo's {name} process exited early", process.tail(self.log(name)))
-
-    def stop(self) -> None:
-        for pid in self.pids.values():
-            process.stop(pid, timeout_s=15)
-
-
-async def _wait(cond: Callable[[], bool], what: str, procs: Processes, timeout_s: float) -> None:
+async def _wait(cond: Callable[[], bool], what: str, procs: ProcessGroup, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
         procs.check()
@@ -164,12 +137,12 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
     console.print(f"[bold]demo run {run_id}[/]: policy {policy.name} {policy.version[:12]}, "
                   f"{SHADOW_SERVICE} in shadow mode, logs in {run_dir}", soft_wrap=True)
 
-    procs = Processes(s, run_dir)
+    procs = ProcessGroup(run_dir)  # the run dir is their cwd too
     log, stop_reading = AuditLog(), asyncio.Event()
     reader = asyncio.create_task(read_audit(s.kafka_bootstrap, s.topic_audit, log, stop_reading))
     try:
-        procs.start("worker", "worker")
-        procs.start("executors", "executor", "--all", "--capacity", "24")
+        procs.start("worker", s, "worker")
+        procs.start("executors", s, "executor", "--all", "--capacity", "24")
         async with TaskProducer(s) as producer:
             probe: dict[str, Any] = {"task_id": f"{run_id}-probe", "service": PROBE_SERVICE, "workload": "kernel",
                      "features": {"cpu_ms": 1}}
@@ -200,7 +173,7 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
                 await _wait(lambda: len(log.settled()) >= routed(), "every routed task to be settled", procs, 120)
             await asyncio.sleep(0.5)  # let late duplicates (if any) arrive before counting
     finally:
-        procs.stop()
+        procs.stop_all()
         stop_reading.set()
         await reader
     for key in [k for k, d in log.decisions.items() if d["service"] == PROBE_SERVICE]:

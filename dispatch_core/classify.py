@@ -2,8 +2,9 @@
 
 "Complex" means complex relative to what this (service, task type) usually sends, so one
 policy serves a chatty summariser and a heavy code generator alike. The rolling baseline is
-an EWMA of mean and variance kept in Redis; ``update_baseline`` here and the Lua in
-``ledger_lua`` compute the same thing, so the engine can plan a batch ahead of the commit.
+an EWMA of mean and variance kept in Redis; ``update_baseline`` here and the commit Lua
+script (``dispatch_core/lua/commit.lua``) compute the same thing, so the engine can plan a
+batch ahead of the commit.
 """
 
 from __future__ import annotations

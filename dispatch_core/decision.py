@@ -51,6 +51,11 @@ def decision_id_for(service: str, task_id: str) -> str:
     return str(uuid.uuid5(DECISION_NAMESPACE, f"{service}/{task_id}"))
 
 
+def invalid_decision_id(service: str, task_id: str) -> str:
+    """Id of the rejection of an invalid input: apart from the id a corrected resend will get."""
+    return str(uuid.uuid5(DECISION_NAMESPACE, f"invalid/{service}/{task_id}"))
+
+
 class BudgetState(BaseModel):
     """One budget scope as the decision saw it, and what the decision added to it."""
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from dispatch_core.decision import Arm, Decision, Mode, Outcome, Trigger, decision_id_for
-from dispatch_core.engine import Plan, Snapshot, apply_plan, decide, ledger_keys
-from dispatch_core.errors import LedgerUnavailable
+from dispatch_core.decision import Arm, Decision, Mode, Trigger, decision_id_for
+from dispatch_core.engine import Plan, apply_plan, decide, fallback, ledger_keys, reject
+from dispatch_core.errors import LedgerUnavailable, PolicyError
 from dispatch_core.ledger import RedisLedger
 from dispatch_core.policy import Policy
 from dispatch_core.policy_store import PolicyStore
@@ -36,6 +36,7 @@ class _Route:
     policy: Policy
     mode: Mode
     arm: Arm
+    missing: str | None = None  # the pinned version could not be loaded
 
 
 def _utcnow() -> datetime:
@@ -63,6 +64,7 @@ class Dispatcher:
         self.reservation_ttl_s = reservation_ttl_s
         self.max_rounds = max_rounds
         self.clock = clock
+        self._uncertain: set[str] = set()  # decisions whose commit may or may not have landed
 
     async def start(self) -> None:
         """Publish the default policy so it can be pinned; a Redis outage is logged, not fatal."""
@@ -75,11 +77,19 @@ class Dispatcher:
         """Decide a batch; exactly one decision per task, in order."""
         t0 = time.perf_counter()
         now = self.clock()
+        ids = {decision_id_for(t.service, t.task_id) for t in tasks}
         try:
             routes = await self._routes(tasks)
             decisions = await self._decide(tasks, routes, now)
         except LedgerUnavailable as exc:
-            decisions = [self._unavailable(task, now, str(exc)) for task in tasks]
+            if ids & self._uncertain:
+                # a commit for these tasks may have landed before Redis went away: a fallback
+                # decision could contradict it, so wait for Redis (the caller retries) instead
+                raise
+            decisions = [
+                fallback(t, self.default_policy, now, fail_open=self.fail_mode == "open", reason=str(exc)) for t in tasks
+            ]
+        self._uncertain -= ids
         latency_ms = (time.perf_counter() - t0) * 1000.0
         return [d.model_copy(update={"decision_latency_ms": latency_ms}) for d in decisions]
 
@@ -90,7 +100,11 @@ class Dispatcher:
             svc = rollout.for_service(task.service)
             arm = arm_for(task.service, task.task_id, svc.canary)
             version = svc.canary.version if arm == "canary" and svc.canary else svc.version
-            policy = await self.store.get(version) if version else self.default_policy
+            try:
+                policy = await self.store.get(version) if version else self.default_policy
+            except PolicyError as exc:  # pinned to a version this Redis does not hold: refuse, visibly
+                routes.append(_Route(self.default_policy, svc.mode, arm, missing=str(exc)))
+                continue
             routes.append(_Route(policy, svc.mode, arm))
         return routes
 
@@ -116,11 +130,18 @@ class Dispatcher:
                     tasks[i], route.policy, snap, now, mode=route.mode, arm=route.arm,
                     reservation_ttl_s=self.reservation_ttl_s,
                 )
-                if round_no == self.max_rounds - 1:
-                    plan = _contention_reject(plan) if plan.amount and plan.enforce else plan
+                if route.missing:
+                    d = reject(plan.decision, Trigger.POLICY, f"rejected: {route.missing}")
+                    plan = dataclasses.replace(plan, decision=d, amount=0, charges=())
+                elif round_no == self.max_rounds - 1 and plan.amount and plan.enforce:
+                    plan = _contention_reject(plan)
                 apply_plan(snap, plan)
                 planned.append((i, plan))
-            commits = await self.ledger.commit([p for _, p in planned])
+            try:
+                commits = await self.ledger.commit([p for _, p in planned])
+            except LedgerUnavailable:
+                self._uncertain.update(p.decision.decision_id for _, p in planned)
+                raise
             pending = []
             for (i, plan), res in zip(planned, commits, strict=True):
                 if res.status == "ok":
@@ -134,35 +155,8 @@ class Dispatcher:
         assert all(r is not None for r in results), "every task ends with a decision"
         return [r for r in results if r is not None]
 
-    def _unavailable(self, task: Task, now: datetime, reason: str) -> Decision:
-        """A decision made without the ledger: closed rejects, open takes the cheapest tier meeting the SLA."""
-        policy = self.default_policy
-        d = decide(task, policy, Snapshot(), now, mode="off").decision
-        cls = policy.classes[task.workload]
-        cheapest = next((t for t in cls.tiers if t.p95_ms <= task.effective_sla_ms), None)
-        if self.fail_mode == "open" and cheapest is not None:
-            update = {
-                "assigned_tier": cheapest.name, "enforced_tier": cheapest.name, "executor": cheapest.executor,
-                "executor_p95_ms": cheapest.p95_ms,
-                "outcome": Outcome.ROUTED if cheapest.name == d.asked_tier else Outcome.DOWNGRADED,
-                "rationale": f"ledger unavailable ({reason}); fail-open: cheapest tier meeting the SLA, unreserved",
-            }
-        else:
-            update = {
-                "assigned_tier": None, "enforced_tier": None, "executor": None, "executor_p95_ms": None,
-                "outcome": Outcome.REJECTED, "rationale": f"ledger unavailable ({reason}); fail-closed: rejected",
-            }
-        return d.model_copy(update=update | {"mode": "enforce", "triggers": [Trigger.LEDGER_UNAVAILABLE], "budgets": []})
-
 
 def _contention_reject(plan: Plan) -> Plan:
     """Last round of a batch that kept losing races for the same cap: reject rather than loop."""
-    d = plan.decision.model_copy(
-        update={
-            "assigned_tier": None, "enforced_tier": None, "executor": None, "executor_p95_ms": None,
-            "outcome": Outcome.REJECTED, "triggers": [*plan.decision.triggers, Trigger.BUDGET_HARD],
-            "rationale": plan.decision.rationale + "; rejected: cap kept being taken by concurrent decisions",
-            "reserved": type(plan.decision.reserved)(0), "estimate_assigned": type(plan.decision.reserved)(0),
-        }
-    )
+    d = reject(plan.decision, Trigger.BUDGET_HARD, "rejected: the cap kept being taken by concurrent decisions")
     return dataclasses.replace(plan, decision=d, amount=0, charges=())

@@ -23,7 +23,16 @@ from typing import Any
 from dispatch_core import keys
 from dispatch_core.version import __version__
 from dispatch_core.classify import Baseline, score, update_baseline
-from dispatch_core.decision import Arm, BudgetState, Decision, Mode, Outcome, Trigger, decision_id_for
+from dispatch_core.decision import (
+    Arm,
+    BudgetState,
+    Decision,
+    Mode,
+    Outcome,
+    Trigger,
+    decision_id_for,
+    invalid_decision_id,
+)
 from dispatch_core.money import from_micros, quantize, to_micros
 from dispatch_core.policy import Budget, ClassPolicy, ComplexityModel, Policy, Tier
 from dispatch_core.task import Task, WorkloadClass
@@ -356,6 +365,39 @@ def _outcome(asked: int | None, assigned: int | None) -> Outcome:
     return Outcome.DOWNGRADED if assigned < asked else Outcome.REROUTED
 
 
+def reject(decision: Decision, trigger: Trigger, reason: str) -> Decision:
+    """The same decision as a rejection: nothing routed, nothing reserved, and why."""
+    return decision.model_copy(update={
+        "outcome": Outcome.REJECTED, "assigned_tier": None, "enforced_tier": None, "executor": None,
+        "executor_p95_ms": None, "estimate_assigned": Decimal(0), "reserved": Decimal(0),
+        "triggers": [*decision.triggers, trigger], "rationale": f"{decision.rationale}; {reason}",
+        "budgets": [b.model_copy(update={"committed_after": b.spent + b.reserved_before}) for b in decision.budgets],
+    })
+
+
+def fallback(task: Task, policy: Policy, now: datetime, *, fail_open: bool, reason: str) -> Decision:
+    """A decision made without the ledger (Redis unreachable), recorded as such.
+
+    Fail closed rejects. Fail open routes to the cheapest tier that meets the SLA, unreserved:
+    nothing is held against the budgets, and the actual cost is charged when it is reported.
+    """
+    base = decide(task, policy, Snapshot(), now, mode="off").decision  # classification only
+    base = base.model_copy(update={"mode": "enforce", "triggers": [], "budgets": []})
+    cls = policy.classes[task.workload]
+    cheapest = next((i for i, t in enumerate(cls.tiers) if t.p95_ms <= task.effective_sla_ms), None)
+    if not fail_open or cheapest is None:
+        why = "fail-closed" if not fail_open else "fail-open, but no tier meets the SLA"
+        return reject(base, Trigger.LEDGER_UNAVAILABLE, f"ledger unavailable ({reason}); {why}: rejected")
+    tier = cls.tiers[cheapest]
+    return base.model_copy(update={
+        "assigned_tier": tier.name, "enforced_tier": tier.name, "executor": tier.executor,
+        "executor_p95_ms": tier.p95_ms, "outcome": _outcome(cls.index(base.asked_tier or ""), cheapest),
+        "estimate_assigned": estimate(tier, task), "reserved": Decimal(0), "triggers": [Trigger.LEDGER_UNAVAILABLE],
+        "rationale": f"{base.rationale}; ledger unavailable ({reason}); fail-open: cheapest tier meeting "
+                     f"the SLA, {tier.name}, unreserved (charged when its actual cost is reported)",
+    })
+
+
 def apply_plan(snap: Snapshot, plan: Plan) -> None:
     """Replay a plan's commit on ``snap`` (as the ledger's Lua does) so later tasks see it."""
     for key, flag, _ in plan.trend_flags:
@@ -377,7 +419,7 @@ def invalid(raw: Mapping[str, Any], error: str, policy: Policy, now: datetime) -
     workload = text("workload")
     service = text("service") or "unknown"
     return Decision(
-        decision_id=decision_id_for(service, str(raw["task_id"])),
+        decision_id=invalid_decision_id(service, str(raw["task_id"])),
         task_id=str(raw["task_id"]), service=service,
         workload=WorkloadClass(workload) if workload in {w.value for w in WorkloadClass} else None,
         task_type=text("task_type") or "default", tenant=text("tenant"), outcome=Outcome.REJECTED,

@@ -45,7 +45,7 @@ class Settlement:
     """The result of settling one reservation with its actual cost."""
 
     decision_id: str
-    status: Literal["settled", "late", "dup", "unknown"]
+    status: Literal["settled", "late", "unreserved", "dup", "unknown"]
     reserved: Decimal
     actual: Decimal
     scopes: list[str]
@@ -97,8 +97,13 @@ class RedisLedger:
         stored = {d: Decision.model_validate_json(raw) for d, raw in zip(ids, reply[at : at + len(ids)], strict=True) if raw}
         load = reply[at + len(ids) :]
         for executor, raw in zip(load[0::2], load[1::2], strict=True):
-            rep = json.loads(raw)
-            snap.load[executor] = LoadReport(float(rep["saturation"]), datetime.fromisoformat(rep["at"]))
+            try:
+                rep = json.loads(raw)
+                when = datetime.fromisoformat(rep["at"])
+                when = when if when.tzinfo else when.replace(tzinfo=UTC)
+                snap.load[executor] = LoadReport(float(rep["saturation"]), when)
+            except (ValueError, KeyError, TypeError):
+                continue  # a malformed report must not stop decisions: no load signal for it
         return snap, stored
 
     async def commit(self, plans: Sequence[Plan]) -> list[CommitResult]:
@@ -128,9 +133,14 @@ class RedisLedger:
             out.append(CommitResult(status, Decision.model_validate_json(stored) if status == "dup" else None))
         return out
 
-    async def settle(self, decision_id: str, actual: Decimal) -> Settlement:
-        """Settle a reservation with the actual cost; a repeated settlement changes nothing."""
-        status, amt, scopes = await guarded(lambda: self._settle(args=[decision_id, to_micros(actual)]))
+    async def settle(self, decision_id: str, actual: Decimal, charge_scopes: Sequence[str] = ()) -> Settlement:
+        """Settle a decision with its actual cost; a repeated settlement changes nothing.
+
+        ``charge_scopes``: the budget keys to charge when the decision held no reservation
+        (fail-open during a Redis outage), so that spend still reaches the caps.
+        """
+        args: list[str | int] = [decision_id, to_micros(actual), json.dumps(list(charge_scopes)), self.decision_ttl_ms]
+        status, amt, scopes = await guarded(lambda: self._settle(args=args))
         return Settlement(decision_id, status, from_micros(int(amt)), actual, json.loads(scopes) if scopes != "{}" else [])
 
     async def release_expired(self, now: datetime, limit: int = 500) -> list[Release]:

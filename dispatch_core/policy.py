@@ -22,7 +22,11 @@ from dispatch_core.task import Task, WorkloadClass
 
 DEFAULT_POLICY_PATH = Path(__file__).parent / "policies" / "default.yaml"
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
+_FROZEN = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+# Money fits the audit schema's decimal(18,6): with task features bounded to 10^5 cost units,
+# the largest estimate is 10^4 + 10^4 x 10^5 < 10^12.
+MAX_PRICE = Decimal(10_000)
+MAX_LIMIT = Decimal(10**11)
 _NAME = r"^[A-Za-z0-9._\-]+$"
 
 
@@ -33,8 +37,8 @@ class Tier(BaseModel):
 
     name: str = Field(pattern=_NAME)
     executor: str = Field(pattern=_NAME, description="executor name; its Kafka topic derives from it")
-    base_price: Decimal = Field(ge=0)
-    unit_price: Decimal = Field(ge=0)
+    base_price: Decimal = Field(ge=0, le=MAX_PRICE, decimal_places=6)
+    unit_price: Decimal = Field(ge=0, le=MAX_PRICE, decimal_places=6)
     p95_ms: float = Field(gt=0, description="expected p95 latency of the executor")
 
 
@@ -140,7 +144,7 @@ class Budget(BaseModel):
     match: str | None = None
     workload: WorkloadClass | None = None
     window: Window
-    limit: Decimal = Field(gt=0)
+    limit: Decimal = Field(gt=0, le=MAX_LIMIT, decimal_places=6)
     soft_pct: float = Field(default=0.8, gt=0, le=1)
 
     @model_validator(mode="after")

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     policy_file: Path | None = None  # None: the policy shipped with the package
     ledger_fail_mode: Literal["closed", "open"] = "closed"
     reservation_ttl_s: float = 600.0
-    decision_ttl_s: float = 7 * 24 * 3600.0
+    decision_ttl_s: float = 6 * 3600.0  # how long a redelivery gets its stored decision back (~2 KB each)
     redis_timeout_s: float = 0.5
 
     # --- the worker -----------------------------------------------------------------
@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     batch_size: int = 200
     batch_within_s: float = 0.005
     worker_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    commit_interval_s: float = 0.5  # how often the worker commits the offsets of handled batches
 
     def as_env(self) -> dict[str, str]:
         """These settings as DISPATCH_* variables, to hand to a child process."""

@@ -32,23 +32,26 @@ DEFAULT_SLA_MS: dict[WorkloadClass, float] = {
 }
 
 _ID_PATTERN = r"^[A-Za-z0-9._:@/\-]+$"
+MAX_TOKENS = 10_000_000  # 10M tokens: 10^4 cost units
+MAX_CPU_MS = 100_000_000.0  # ~28 hours: 10^5 cost units
 
 
 class Features(BaseModel):
     """What the engine knows of a task's size; each workload class uses its own."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Bounded so that every estimate fits the audit schema's decimal(18,6) under any valid policy.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    tokens: int | None = Field(default=None, ge=0, description="estimated tokens (llm)")
-    cpu_ms: float | None = Field(default=None, ge=0, description="estimated cpu time (script, kernel)")
-    payload_bytes: int | None = Field(default=None, ge=0, description="input size (script, kernel)")
-    depth: int | None = Field(default=None, ge=0, description="spread / call depth (script)")
+    tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS, description="estimated tokens (llm)")
+    cpu_ms: float | None = Field(default=None, ge=0, le=MAX_CPU_MS, description="estimated cpu time (script, kernel)")
+    payload_bytes: int | None = Field(default=None, ge=0, le=10**13, description="input size (script, kernel)")
+    depth: int | None = Field(default=None, ge=0, le=10_000, description="spread / call depth (script)")
 
 
 class Task(BaseModel):
     """One unit of work to be routed to an executor tier."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     task_id: str = Field(min_length=1, max_length=200, pattern=_ID_PATTERN)
     service: str = Field(min_length=1, max_length=100, pattern=_ID_PATTERN)
@@ -57,7 +60,7 @@ class Task(BaseModel):
     tenant: str | None = Field(default=None, min_length=1, max_length=100, pattern=_ID_PATTERN)
     requested_tier: str | None = Field(default=None, min_length=1, max_length=100)
     features: Features = Field(default_factory=Features)
-    sla_ms: float | None = Field(default=None, gt=0, description="latency SLA; class default when absent")
+    sla_ms: float | None = Field(default=None, gt=0, le=86_400_000, description="latency SLA; class default when absent")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     payload: Any = None
 

@@ -97,7 +97,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         topic_disable_leader=True,
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
-        broker_commit_interval=0.5,
+        broker_commit_interval=settings.commit_interval_s,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
         stream_wait_empty=False,

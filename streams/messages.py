@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from dispatch_core.decision import Decision
 
@@ -31,31 +31,35 @@ class RoutedTask(BaseModel):
     created_at: datetime
     routed_at: datetime
     task: dict[str, Any] = Field(description="the task as submitted, payload untouched")
+    charge_scopes: list[str] = Field(default_factory=list, description="budget keys to charge; set when nothing was reserved")
 
     @classmethod
-    def of(cls, decision: Decision, task: dict[str, Any], created_at: datetime) -> RoutedTask:
+    def of(cls, decision: Decision, task: dict[str, Any], created_at: datetime,
+           charge_scopes: list[str] | None = None) -> RoutedTask:
         assert decision.assigned_tier and decision.executor and decision.workload, "only routed decisions"
         return cls(
             decision_id=decision.decision_id, task_id=decision.task_id, service=decision.service,
             workload=decision.workload.value, tier=decision.assigned_tier, executor=decision.executor,
             policy_version=decision.policy_version, estimate=decision.estimate_assigned,
             currency=decision.currency, created_at=created_at, routed_at=datetime.now(UTC), task=task,
+            charge_scopes=charge_scopes or [],
         )
 
 
 class CostReport(BaseModel):
     """An executor's report of what a task really cost (settles its reservation)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     decision_id: str
     task_id: str
     service: str
     executor: str
-    actual: Decimal = Field(ge=0)
+    actual: Decimal = Field(ge=0, le=Decimal(10**11), decimal_places=6)
     run_ms: float = Field(ge=0)
     dispatch_ms: float = Field(description="task created_at -> executor received it")
-    finished_at: datetime
+    finished_at: AwareDatetime
+    charge_scopes: list[str] = Field(default_factory=list, description="echoed from the routed task")
 
 
 class LoadUpdate(BaseModel):
@@ -67,4 +71,4 @@ class LoadUpdate(BaseModel):
     saturation: float = Field(ge=0, le=1)
     in_flight: int = Field(ge=0)
     capacity: int = Field(gt=0)
-    at: datetime
+    at: AwareDatetime

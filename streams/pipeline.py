@@ -14,23 +14,28 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from dispatch_core.dispatcher import Dispatcher
-from dispatch_core.engine import invalid
+from dispatch_core.decision import Decision, Trigger
+from dispatch_core.engine import invalid, ledger_keys
 from dispatch_core.errors import DispatchError, TaskError
-from dispatch_core.ledger import RedisLedger, Settlement
+from dispatch_core.ledger import RedisLedger
 from dispatch_core.task import Task, parse_task
 from streams import metrics
+from schemas import AuditEncodingError
 from streams.messages import CostReport, LoadUpdate, RoutedTask
 from streams.outputs import Delivery, Outputs, delivered
 
 log = logging.getLogger(__name__)
 
-_SETTLEMENT_KIND = {"settled": "settled", "dup": "settled", "late": "settled_late", "unknown": "unreserved"}
+_SETTLEMENT_KIND = {
+    "settled": "settled", "dup": "settled", "late": "settled_late", "unreserved": "unreserved", "unknown": "unreserved",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +90,7 @@ class Pipeline:
     async def handle_tasks(self, batch: list[Incoming]) -> None:
         """Decide a batch of task records; route, audit or dead-letter every one."""
         writes: list[Delivery] = []
-        valid: list[tuple[Task, dict[str, Any]]] = []
+        valid: list[tuple[Task, dict[str, Any], Incoming]] = []
         for rec in batch:
             data = _json_object(rec.value)
             try:
@@ -94,14 +99,29 @@ class Pipeline:
                 writes += await self._reject_invalid(rec, data, str(exc))
                 continue
             assert data is not None, "parse_task accepts only a JSON object"
-            valid.append((task, data))
-        decisions = await self.dispatcher.decide([t for t, _ in valid]) if valid else []
-        for decision, (task, data) in zip(decisions, valid, strict=True):
+            valid.append((task, data, rec))
+        decisions = await self.dispatcher.decide([t for t, *_ in valid]) if valid else []
+        for decision, (task, data, rec) in zip(decisions, valid, strict=True):
+            try:
+                audit = await self.outputs.audit_decision(decision)  # first: what cannot be recorded is not routed
+            except AuditEncodingError as exc:
+                log.error("decision %s cannot be recorded, dead-lettering its task: %s", decision.decision_id, exc)
+                metrics.DLQ.labels(source=rec.topic).inc()
+                writes.append(await self.outputs.dead_letter(rec.value, f"decision cannot be recorded: {exc}",
+                                                             rec.source()))
+                continue
             if decision.routed:
-                writes.append(await self.outputs.route(RoutedTask.of(decision, data, task.created_at)))
-            writes.append(await self.outputs.audit_decision(decision))
+                routed = RoutedTask.of(decision, data, task.created_at, self._charge_scopes(decision, task))
+                writes.append(await self.outputs.route(routed))
+            writes.append(audit)
             metrics.observe(decision)
         await delivered(writes)
+
+    def _charge_scopes(self, decision: Decision, task: Task) -> list[str]:
+        """Budget keys a fail-open decision's actual cost is charged to (it reserved nothing)."""
+        if Trigger.LEDGER_UNAVAILABLE not in decision.triggers:
+            return []
+        return ledger_keys(self.dispatcher.default_policy, task, decision.decided_at)[0]
 
     async def _reject_invalid(self, rec: Incoming, data: dict[str, Any] | None, error: str) -> list[Delivery]:
         metrics.DLQ.labels(source=rec.topic).inc()
@@ -122,19 +142,28 @@ class Pipeline:
                 metrics.DLQ.labels(source=rec.topic).inc()
                 writes.append(await self.outputs.dead_letter(rec.value, f"invalid cost report: {exc}", rec.source()))
                 continue
-            settlement = await self.ledger.settle(report.decision_id, report.actual)
-            kind = _SETTLEMENT_KIND[settlement.status]
+            s = await self.ledger.settle(report.decision_id, report.actual, report.charge_scopes)
+            kind = _SETTLEMENT_KIND[s.status]
+            event = self._settlement(report.decision_id, kind, s.reserved, s.scopes, report)
+            try:
+                writes.append(await self.outputs.audit_settlement(event))
+            except AuditEncodingError as exc:
+                metrics.DLQ.labels(source=rec.topic).inc()
+                writes.append(await self.outputs.dead_letter(rec.value, f"settlement cannot be recorded: {exc}",
+                                                             rec.source()))
+                continue
             metrics.SETTLEMENTS.labels(kind=kind).inc()
-            writes.append(await self.outputs.audit_settlement(self._settlement_event(report, settlement, kind)))
         await delivered(writes)
 
-    def _settlement_event(self, report: CostReport, s: Settlement, kind: str) -> dict[str, Any]:
+    def _settlement(self, decision_id: str, kind: str, reserved: Decimal, scopes: list[str],
+                    report: CostReport | None = None) -> dict[str, Any]:
+        """A settlement audit event; ``report`` is None for a release (no executor ever reported)."""
         return {
-            "decision_id": report.decision_id, "kind": kind, "task_id": report.task_id, "service": report.service,
-            "executor": report.executor, "currency": self.dispatcher.default_policy.currency,
-            "reserved": s.reserved, "actual": report.actual, "scopes": s.scopes, "run_ms": report.run_ms,
-            "dispatch_ms": report.dispatch_ms,
-            "recorded_at": datetime.now(UTC),
+            "decision_id": decision_id, "kind": kind, "task_id": report and report.task_id,
+            "service": report and report.service, "executor": report and report.executor,
+            "currency": self.dispatcher.default_policy.currency, "reserved": reserved,
+            "actual": report and report.actual, "scopes": scopes, "run_ms": report and report.run_ms,
+            "dispatch_ms": report and report.dispatch_ms, "recorded_at": datetime.now(UTC),
         }
 
     async def handle_load(self, batch: list[Incoming]) -> None:
@@ -161,11 +190,7 @@ class Pipeline:
         except DispatchError as exc:
             log.warning("could not release expired reservations this round: %s", exc)
             return 0
-        events: list[dict[str, Any]] = [{
-            "decision_id": r.decision_id, "kind": "released", "task_id": None, "service": None,
-            "executor": None, "currency": self.dispatcher.default_policy.currency, "reserved": r.amount,
-            "actual": None, "scopes": [], "run_ms": None, "dispatch_ms": None, "recorded_at": datetime.now(UTC),
-        } for r in released]
+        events = [self._settlement(r.decision_id, "released", r.amount, []) for r in released]
 
         async def write(_: object) -> None:
             await delivered([await self.outputs.audit_settlement(e) for e in events])

@@ -122,6 +122,7 @@ class Executor:
             decision_id=task.decision_id, task_id=task.task_id, service=task.service, executor=self.name,
             actual=actual, run_ms=run_s * 1000.0,
             dispatch_ms=(received - task.created_at).total_seconds() * 1000.0, finished_at=datetime.now(UTC),
+            charge_scopes=task.charge_scopes,
         )
         await (await producer.send(self.settings.topic_cost, key=task.decision_id.encode(),
                                    value=report.model_dump_json().encode()))

@@ -14,15 +14,15 @@ import pytest
 from dispatch_core import keys
 from dispatch_core.decision import Outcome, Trigger
 from dispatch_core.dispatcher import Dispatcher
-from dispatch_core.engine import Snapshot, apply_plan, decide
-from dispatch_core.errors import PolicyError
+from dispatch_core.engine import Snapshot, apply_plan, decide, estimate
+from dispatch_core.errors import LedgerUnavailable, PolicyError
 from dispatch_core.ledger import RedisLedger
 from dispatch_core.policy_store import PolicyStore
 from dispatch_core.rollout import Canary, Rollout, ServiceRollout
 from dispatch_core.windows import window_at
 
 from .conftest import redis_url_of
-from .factories import NOON, budget, default_policy, llm_task, policy_with
+from .factories import NOON, budget, default_policy, llm_task, policy_with, task
 
 pytestmark = pytest.mark.stack
 
@@ -176,11 +176,61 @@ async def test_unreachable_redis_fails_closed_or_open_never_silently(fail_mode):
     d = Dispatcher(dead, PolicyStore(dead.redis), default_policy(), fail_mode=fail_mode, clock=lambda: NOON)
     (dec,) = await d.decide([llm_task("large", sla_ms=900)])
     assert dec.triggers == [Trigger.LEDGER_UNAVAILABLE] and "ledger unavailable" in dec.rationale
+    assert dec.reserved == 0 and dec.budgets == []
     if fail_mode == "closed":
-        assert dec.outcome == Outcome.REJECTED and dec.executor is None
+        assert dec.outcome == Outcome.REJECTED and dec.executor is None and dec.estimate_assigned == 0
     else:
+        small = default_policy().classes["llm"].tiers[0]
         assert (dec.assigned_tier, dec.outcome) == ("small", Outcome.DOWNGRADED)
+        assert dec.estimate_assigned == estimate(small, llm_task("large")) < dec.estimate_asked
+    (kernel,) = await d.decide([task("kernel", features={"cpu_ms": 5}, sla_ms=30)])  # only the faster tier meets it
+    if fail_mode == "open":
+        assert (kernel.asked_tier, kernel.assigned_tier, kernel.outcome) == ("cpu", "gpu", Outcome.REROUTED)
     await dead.close()
+
+
+class _ReplyLost(RedisLedger):
+    """The commit runs in Redis, but its reply never arrives (a timeout after the fact)."""
+
+    async def commit(self, plans):
+        await super().commit(plans)
+        raise LedgerUnavailable("reply lost")
+
+
+class _Down(RedisLedger):
+    async def read(self, *a, **k):
+        raise LedgerUnavailable("down")
+
+
+async def test_a_lost_commit_reply_never_leads_to_a_contradicting_fallback(redis_client):
+    policy = capped()
+    lossy = _ReplyLost(redis_client)
+    d = Dispatcher(lossy, PolicyStore(redis_client), policy, fail_mode="closed", clock=lambda: NOON)
+    t = llm_task("large", task_id="lost")
+    with pytest.raises(LedgerUnavailable):
+        await d.decide([t])  # committed in Redis; the caller does not know
+    d.ledger = _Down(redis_client)
+    with pytest.raises(LedgerUnavailable):
+        await d.decide([t])  # no fail-closed rejection for a task that may already be routed
+    d.ledger = RedisLedger(redis_client)
+    (back,) = await d.decide([t])  # Redis is back: the committed decision, once
+    assert back.outcome == Outcome.ROUTED and back.assigned_tier == "large"
+    assert (await d.ledger.scope(global_key())).reserved == int(back.reserved * 1_000_000)
+    d.ledger = _Down(redis_client)
+    (other,) = await d.decide([llm_task("large", task_id="fresh")])  # nothing uncertain: fail closed as usual
+    assert other.outcome == Outcome.REJECTED and other.triggers == [Trigger.LEDGER_UNAVAILABLE]
+
+
+async def test_a_pinned_version_missing_from_redis_rejects_visibly(make_dispatcher, redis_client):
+    d = await make_dispatcher(capped())
+    pinned = default_policy()
+    await d.store.publish(pinned)
+    await d.store.set_rollout(Rollout(services={"llm-gateway": ServiceRollout(version=pinned.version)}))
+    await redis_client.delete(keys.policy(pinned.version))
+    d.store = PolicyStore(redis_client, rollout_refresh_s=0)  # a worker that has not cached it
+    (dec,) = await d.decide([llm_task("large", task_id="pin")])
+    assert dec.outcome == Outcome.REJECTED and Trigger.POLICY in dec.triggers and "not published" in dec.rationale
+    assert (await d.ledger.scope(global_key())).reserved == 0
 
 
 async def test_canary_splits_deterministically_and_pinned_versions_hold(make_dispatcher, ledger):
@@ -218,3 +268,14 @@ async def test_shadow_mode_from_the_rollout_routes_as_asked(make_dispatcher, led
     assert Trigger.SHADOW in dec.triggers and Trigger.BUDGET_HARD in dec.triggers
     # shadow spend is recorded (the money is really spent), though not capped
     assert (await ledger.scope(global_key())).reserved == int(dec.reserved * 1_000_000) > 10_000
+
+
+async def test_fail_open_spend_is_charged_when_its_cost_is_reported(ledger):
+    """Nothing was reserved during the outage, but the actual cost still reaches the caps, once."""
+    key = global_key()
+    first = await ledger.settle("open-1", Decimal("0.25"), [key])
+    assert (first.status, first.scopes) == ("unreserved", [key])
+    assert (await ledger.scope(key)).spent == 250_000
+    assert (await ledger.settle("open-1", Decimal("0.25"), [key])).status == "dup"
+    assert (await ledger.scope(key)).spent == 250_000
+    assert (await ledger.settle("open-2", Decimal("0.25"))).status == "unknown"  # nothing to charge: recorded only

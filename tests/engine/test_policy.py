@@ -49,13 +49,20 @@ def test_thresholds_must_reach_one_and_increase():
         parse_policy(data)
 
 
-def test_bad_money_and_missing_class_are_reported():
+def test_bad_budget_limit_is_reported():
     data = json.loads(default_policy().canonical_json())
     data["budgets"][0]["limit"] = "-3"
-    del data["classes"]["script"]
     with pytest.raises(PolicyError) as err:
         parse_policy(data)
     assert "budgets.0.limit" in str(err.value)
+
+
+def test_missing_class_is_reported():
+    data = json.loads(default_policy().canonical_json())
+    del data["classes"]["script"]
+    with pytest.raises(PolicyError) as err:
+        parse_policy(data)
+    assert "missing ['script']" in str(err.value)
 
 
 def test_rule_with_tier_of_another_class_is_refused():

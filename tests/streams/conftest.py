@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from aiokafka.structs import ConsumerRecord
 
 from dispatch_core.policy import load_policy
 from dispatch_core.settings import Settings
-from stack import process
+from stack.children import ProcessGroup
 from streams.topics import ensure_topics
 
 from ..support import free_ports
@@ -35,41 +33,14 @@ async def pipeline_settings(stack: Settings, redis_client, unique_name: Callable
     return s
 
 
-class Procs:
-    """Dispatcher workers and executors as real processes (``python -m dispatch_cli.main ...``)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-        self.pids: dict[str, int] = {}
-
-    def start(self, name: str, settings: Settings, *args: str) -> int:
-        env = {**os.environ, **settings.as_env()}
-        argv = [sys.executable, "-m", "dispatch_cli.main", *args]
-        self.pids[name] = process.spawn(argv, log_file=self.log(name), pid_file=self.run_dir / f"{name}.pid",
-                                        cwd=Path.cwd(), env=env)
-        return self.pids[name]
-
-    def log(self, name: str) -> Path:
-        return self.run_dir / f"{name}.log"
-
-    def kill(self, name: str) -> None:
-        """SIGKILL: no shutdown, no flush, no commit."""
-        pid = self.pids.pop(name)
-        os.kill(pid, 9)
-        process.stop(pid, timeout_s=1)
-
-    def stop_all(self) -> None:
-        for pid in self.pids.values():
-            process.stop(pid, timeout_s=15)
-        self.pids.clear()
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{process.tail(p, 30)}" for p in sorted(self.run_dir.glob("*.log")))
-
-
 @pytest.fixture
-def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Procs]:
-    p = Procs(tmp_path)
+def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ProcessGroup]:
+    """Dispatcher workers and executors as real processes (``python -m dispatch_cli.main ...``).
+
+    Their cwd is pytest's: first on a child's sys.path under ``-m``, as it is on pytest's own,
+    so the children import the same copy of the code as the tests that drive them.
+    """
+    p = ProcessGroup(tmp_path, cwd=Path.cwd())
     yield p
     failed = getattr(request.node, "rep_call", None)
     p.stop_all()
