@@ -1,4 +1,8 @@
-"""Every Redis key dispatch-core writes, in one place (prefix ``dc:``)."""
+"""Every Redis key dispatch-core writes, in one place (prefix ``dc:``).
+
+The Lua scripts in ``lua/`` build the decision, reservation, open-reservation and load keys
+from the same prefixes; change them together.
+"""
 
 from __future__ import annotations
 

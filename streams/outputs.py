@@ -20,6 +20,7 @@ from dispatch_core.decision import Decision
 from dispatch_core.settings import Settings
 from schemas import DECISION, SETTLEMENT, encode, headers
 from streams.messages import RoutedTask
+from streams.producer import idempotent_producer
 
 Delivery = asyncio.Future[Any]
 
@@ -33,9 +34,7 @@ class Outputs:
 
     @classmethod
     async def start(cls, settings: Settings) -> Outputs:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=2,
-        )
+        producer = idempotent_producer(settings.kafka_bootstrap)
         await producer.start()
         return cls(settings, producer)
 

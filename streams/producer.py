@@ -15,14 +15,17 @@ from dispatch_core.settings import Settings
 from dispatch_core.task import Task, parse_task
 
 
+def idempotent_producer(bootstrap: str, linger_ms: int = 2) -> AIOKafkaProducer:
+    """The producer every dispatch-core writer uses: idempotent, acks from all in-sync replicas."""
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=linger_ms)
+
+
 class TaskProducer:
     """Publishes tasks to ``settings.topic_tasks`` with an idempotent producer."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=5
-        )
+        self._producer = idempotent_producer(settings.kafka_bootstrap, linger_ms=5)
 
     async def __aenter__(self) -> TaskProducer:
         await self._producer.start()

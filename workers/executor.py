@@ -25,6 +25,7 @@ from dispatch_core.money import quantize
 from dispatch_core.policy import Policy
 from dispatch_core.settings import Settings
 from streams.messages import CostReport, LoadUpdate, RoutedTask
+from streams.producer import idempotent_producer
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Executor:
             s.executor_topic(self.name), bootstrap_servers=s.kafka_bootstrap, group_id=f"executor-{self.name}",
             enable_auto_commit=False, auto_offset_reset="earliest",
         )
-        producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=2)
+        producer = idempotent_producer(s.kafka_bootstrap)
         await consumer.start()
         await producer.start()
         reporter = asyncio.create_task(self._report_load(producer, stop))

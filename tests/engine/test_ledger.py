@@ -279,3 +279,23 @@ async def test_fail_open_spend_is_charged_when_its_cost_is_reported(ledger):
     assert (await ledger.settle("open-1", Decimal("0.25"), [key])).status == "dup"
     assert (await ledger.scope(key)).spent == 250_000
     assert (await ledger.settle("open-2", Decimal("0.25"))).status == "unknown"  # nothing to charge: recorded only
+
+
+async def test_an_item_that_no_longer_fits_is_refused_alone_and_the_rest_of_the_batch_commits(ledger, redis_client):
+    """Another worker spent between this batch's read and its commit: only what no longer fits is refused."""
+    policy = capped(Decimal("0.20"))
+    snap = Snapshot()
+    plans = []
+    for i, hint in enumerate(["small", "large", "small"]):
+        plan = decide(llm_task(hint, task_id=f"mid{i}"), policy, snap, NOON)
+        apply_plan(snap, plan)
+        plans.append(plan)
+    assert all(p.amount for p in plans)
+    # a concurrent worker's spend lands now: 0.05 of 0.20 left, enough for the smalls, not the large
+    await redis_client.hset(global_key(), "spent", 150_000)
+    results = await ledger.commit(plans)
+    assert [r.status for r in results] == ["ok", "over", "ok"]
+    state = await ledger.scope(global_key())
+    assert state.reserved == plans[0].amount + plans[2].amount and state.committed <= 200_000
+    stored = await redis_client.exists(keys.decision(plans[1].decision.decision_id))
+    assert stored == 0  # the refused one left no trace: it is decided again on fresh state
