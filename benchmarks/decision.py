@@ -7,7 +7,9 @@ run so they can be compared on the same (noisy, 2-core) machine:
   engine        decide() alone, no I/O
   dispatch x1   Dispatcher.decide([task]): read + commit round trips to Redis, one task at a time
   x100          Dispatcher.decide(batch of 100): the per-task share of one batch
-each Redis measurement under the default asyncio loop and under uvloop (what the worker uses).
+each Redis measurement under the default asyncio loop and under uvloop (what the worker uses),
+and under uvloop with the snapshot cache (snapshot_max_age_s=0.25, the worker's default:
+one round trip per batch instead of a read and a commit).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def summary(name: str, runs: list[list[float]]) -> None:
     p95 = [pct(r, 0.95) for r in runs]
     p99 = [pct(r, 0.99) for r in runs]
     per_run = "  ".join(f"{a:.3f}/{b:.3f}/{c:.3f}" for a, b, c in zip(p50, p95, p99, strict=True))
-    print(f"{name:<20} median over {len(runs)} runs: p50 {statistics.median(p50):.3f} ms  "
+    print(f"{name:<22} median over {len(runs)} runs: p50 {statistics.median(p50):.3f} ms  "
           f"p95 {statistics.median(p95):.3f} ms  p99 {statistics.median(p99):.3f} ms   (per run p50/p95/p99: {per_run})")
 
 
@@ -72,7 +74,9 @@ def engine_runs(runs: int, n: int) -> list[list[float]]:
     return out
 
 
-async def dispatch_runs(redis_url: str, runs: int, n: int) -> tuple[list[list[float]], list[list[float]]]:
+async def dispatch_runs(
+    redis_url: str, runs: int, n: int, snapshot_max_age_s: float = 0.0
+) -> tuple[list[list[float]], list[list[float]]]:
     """Dispatcher.decide on the real Redis: one task per call, then batches of 100 (per-task share)."""
     policy = load_policy()
     single_runs, batch_runs = [], []
@@ -80,7 +84,7 @@ async def dispatch_runs(redis_url: str, runs: int, n: int) -> tuple[list[list[fl
     for run in range(runs):
         tasks = mixed_tasks(n, run, f"bench{run}-{time.time_ns()}")
         await ledger.redis.flushdb()
-        d = Dispatcher(ledger, PolicyStore(ledger.redis), policy)
+        d = Dispatcher(ledger, PolicyStore(ledger.redis), policy, snapshot_max_age_s=snapshot_max_age_s)
         await d.start()
         samples = []
         for t in tasks[: n // 2]:
@@ -104,9 +108,10 @@ async def dispatch_runs(redis_url: str, runs: int, n: int) -> tuple[list[list[fl
 def main(redis_url: str, runs: int, n: int) -> None:
     print(f"decision latency, {n} mixed tasks per run (llm/script/kernel, 3 services, 2 tenants, default policy)")
     summary("engine", engine_runs(runs, n))
-    for name, runner in (("asyncio", asyncio.run), ("uvloop", uvloop.run)):
-        single, batch = runner(dispatch_runs(redis_url, runs, n))
-        summary(f"dispatch x1 {name}", single)
+    for name, runner, max_age in (("asyncio", asyncio.run, 0.0), ("uvloop", uvloop.run, 0.0),
+                                  ("uvloop 1 trip", uvloop.run, 0.25)):
+        single, batch = runner(dispatch_runs(redis_url, runs, n, max_age))
+        summary(f"x1 {name}", single)
         summary(f"x100 {name}", batch)
 
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from dispatch_core.decision import Arm, Decision, Mode, Trigger, decision_id_for
-from dispatch_core.engine import Plan, apply_plan, decide, fallback, ledger_keys, reject
+from dispatch_core.engine import Plan, Snapshot, apply_plan, decide, fallback, ledger_keys, reject
 from dispatch_core.errors import LedgerUnavailable, PolicyError
 from dispatch_core.ledger import RedisLedger
 from dispatch_core.policy import Policy
@@ -56,7 +56,12 @@ class Dispatcher:
         reservation_ttl_s: float = 600.0,
         max_rounds: int = 5,
         clock: Callable[[], datetime] = _utcnow,
+        snapshot_max_age_s: float = 0.0,
     ) -> None:
+        """``snapshot_max_age_s`` > 0 lets a batch start from the state the previous commit
+        returned, if no older than that, instead of reading first: one round trip per batch.
+        Caps stay exact (the commit checks them); soft, trend and baselines may then see other
+        workers' spend up to that much later. 0 reads before every batch."""
         self.ledger = ledger
         self.store = store
         self.default_policy = default_policy
@@ -65,6 +70,10 @@ class Dispatcher:
         self.max_rounds = max_rounds
         self.clock = clock
         self._uncertain: set[str] = set()  # decisions whose commit may or may not have landed
+        self.snapshot_max_age_s = snapshot_max_age_s
+        self._cache = Snapshot()
+        self._cached_at: dict[str, float] = {}
+        self._load_at = float("-inf")
 
     async def start(self) -> None:
         """Publish the default policy so it can be pinned; a Redis outage is logged, not fatal."""
@@ -93,6 +102,30 @@ class Dispatcher:
         latency_ms = (time.perf_counter() - t0) * 1000.0
         return [d.model_copy(update={"decision_latency_ms": latency_ms}) for d in decisions]
 
+    def _cached(self, scope_keys: list[str], baseline_keys: list[str]) -> Snapshot | None:
+        """A snapshot from the cache if every key (and the load) is fresh enough, else None."""
+        if self.snapshot_max_age_s <= 0:
+            return None
+        oldest = time.monotonic() - self.snapshot_max_age_s
+        keys = [*scope_keys, *baseline_keys]
+        if self._load_at < oldest or any(self._cached_at.get(k, float("-inf")) < oldest for k in keys):
+            return None
+        return Snapshot(
+            scopes={k: self._cache.scopes[k] for k in scope_keys},
+            baselines={k: self._cache.baselines[k] for k in baseline_keys},
+            load=dict(self._cache.load),
+        )
+
+    def _remember(self, snap: Snapshot, *, with_load: bool) -> None:
+        if self.snapshot_max_age_s <= 0:
+            return
+        at = time.monotonic()
+        self._cache.scopes.update(snap.scopes)
+        self._cache.baselines.update(snap.baselines)
+        self._cached_at.update(dict.fromkeys([*snap.scopes, *snap.baselines], at))
+        if with_load:
+            self._cache.load, self._load_at = dict(snap.load), at
+
     async def _routes(self, tasks: Sequence[Task]) -> list[_Route]:
         rollout = await self.store.rollout()
         routes = []
@@ -119,7 +152,12 @@ class Dispatcher:
                 scope_keys += s
                 baseline_keys.append(b)
             ids = [decision_id_for(tasks[i].service, tasks[i].task_id) for i in pending]
-            snap, stored = await self.ledger.read(scope_keys, baseline_keys, ids)
+            cached = self._cached(scope_keys, baseline_keys) if round_no == 0 else None
+            if cached is not None:
+                snap, stored = cached, dict[str, Decision]()  # a redelivery is still caught: the commit returns its stored decision
+            else:
+                snap, stored = await self.ledger.read(scope_keys, baseline_keys, ids)
+                self._remember(snap, with_load=True)
             planned: list[tuple[int, Plan]] = []
             for i, did in zip(pending, ids, strict=True):
                 if did in stored:
@@ -138,10 +176,11 @@ class Dispatcher:
                 apply_plan(snap, plan)
                 planned.append((i, plan))
             try:
-                commits = await self.ledger.commit([p for _, p in planned])
+                commits, after = await self.ledger.commit([p for _, p in planned], scope_keys, baseline_keys)
             except LedgerUnavailable:
                 self._uncertain.update(p.decision.decision_id for _, p in planned)
                 raise
+            self._remember(after, with_load=False)
             pending = []
             for (i, plan), res in zip(planned, commits, strict=True):
                 if res.status == "ok":

@@ -59,10 +59,23 @@ class Release:
     amount: Decimal
 
 
+def _state(fields: Sequence[str], scopes: Sequence[str], baselines: Sequence[str]) -> Snapshot:
+    """Budget and baseline state from a script's reply: three fields per key, scopes first."""
+    snap = Snapshot()
+    for j, k in enumerate(scopes):
+        spent, reserved, trend = fields[3 * j : 3 * j + 3]
+        snap.scopes[k] = ScopeState(int(spent or 0), int(reserved or 0), trend == "1")
+    at = 3 * len(scopes)
+    for j, k in enumerate(baselines):
+        n, mean, var = fields[at + 3 * j : at + 3 * j + 3]
+        snap.baselines[k] = Baseline(int(n or 0), float(mean or 0.0), float(var or 0.0))
+    return snap
+
+
 class RedisLedger:
     """Budget state, rolling baselines, stored decisions and load reports, in Redis."""
 
-    def __init__(self, redis: Redis, *, decision_ttl_s: float = 7 * 24 * 3600.0) -> None:
+    def __init__(self, redis: Redis, *, decision_ttl_s: float = 6 * 3600.0) -> None:
         self.redis = redis
         self.decision_ttl_ms = int(decision_ttl_s * 1000)
         self._commit = redis.register_script(_lua("commit"))
@@ -71,7 +84,7 @@ class RedisLedger:
         self._snapshot = redis.register_script(_lua("snapshot"))
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_s: float = 0.5, decision_ttl_s: float = 7 * 24 * 3600.0) -> RedisLedger:
+    def from_url(cls, url: str, *, timeout_s: float = 0.5, decision_ttl_s: float = 6 * 3600.0) -> RedisLedger:
         client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True)
         return cls(client, decision_ttl_s=decision_ttl_s)
 
@@ -85,15 +98,8 @@ class RedisLedger:
         scopes, baselines, ids = sorted(set(scope_keys)), sorted(set(baseline_keys)), sorted(set(decision_ids))
         args: list[str | int] = [len(scopes), len(baselines), len(ids), *scopes, *baselines, *ids]
         reply = await guarded(lambda: self._snapshot(args=args))
-        snap = Snapshot()
-        for j, k in enumerate(scopes):
-            spent, reserved, trend = reply[3 * j : 3 * j + 3]
-            snap.scopes[k] = ScopeState(int(spent or 0), int(reserved or 0), trend == "1")
-        at = 3 * len(scopes)
-        for j, k in enumerate(baselines):
-            n, mean, var = reply[at + 3 * j : at + 3 * j + 3]
-            snap.baselines[k] = Baseline(int(n or 0), float(mean or 0.0), float(var or 0.0))
-        at += 3 * len(baselines)
+        snap = _state(reply, scopes, baselines)
+        at = 3 * (len(scopes) + len(baselines))
         stored = {d: Decision.model_validate_json(raw) for d, raw in zip(ids, reply[at : at + len(ids)], strict=True) if raw}
         load = reply[at + len(ids) :]
         for executor, raw in zip(load[0::2], load[1::2], strict=True):
@@ -106,8 +112,15 @@ class RedisLedger:
                 continue  # a malformed report must not stop decisions: no load signal for it
         return snap, stored
 
-    async def commit(self, plans: Sequence[Plan]) -> list[CommitResult]:
-        """Commit planned decisions atomically and in order."""
+    async def commit(
+        self, plans: Sequence[Plan], scope_keys: Iterable[str] = (), baseline_keys: Iterable[str] = ()
+    ) -> tuple[list[CommitResult], Snapshot]:
+        """Commit planned decisions atomically and in order.
+
+        Also returns the state of ``scope_keys`` and ``baseline_keys`` right after the batch
+        (no load), in the same round trip.
+        """
+        scopes, baselines = sorted(set(scope_keys)), sorted(set(baseline_keys))
         items = []
         for plan in plans:
             model = plan.complexity
@@ -126,12 +139,14 @@ class RedisLedger:
                 }
             )
         if not items:
-            return []
-        reply = await guarded(lambda: self._commit(args=[json.dumps(items)]))
+            return [], Snapshot()
+        report = json.dumps({"s": scopes, "b": baselines})
+        reply = await guarded(lambda: self._commit(args=[json.dumps(items), report]))
+        n = 2 * len(items)
         out = []
-        for status, stored in zip(reply[0::2], reply[1::2], strict=True):
+        for status, stored in zip(reply[0:n:2], reply[1:n:2], strict=True):
             out.append(CommitResult(status, Decision.model_validate_json(stored) if status == "dup" else None))
-        return out
+        return out, _state(reply[n:], scopes, baselines)
 
     async def settle(self, decision_id: str, actual: Decimal, charge_scopes: Sequence[str] = ()) -> Settlement:
         """Settle a decision with its actual cost; a repeated settlement changes nothing.

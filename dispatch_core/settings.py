@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # --- the decision engine ------------------------------------------------------
     policy_file: Path | None = None  # None: the policy shipped with the package
     ledger_fail_mode: Literal["closed", "open"] = "closed"
+    # > 0: a batch may start from the state the previous commit returned (one Redis round trip
+    # per batch); caps stay exact, soft/trend see other workers' spend at most this much later
+    snapshot_max_age_s: float = 0.25
     reservation_ttl_s: float = 600.0
     decision_ttl_s: float = 6 * 3600.0  # how long a redelivery gets its stored decision back (~2 KB each)
     redis_timeout_s: float = 0.5

@@ -45,6 +45,7 @@ class Runtime:
                 dispatcher = Dispatcher(
                     ledger, PolicyStore(ledger.redis), load_policy(s.policy_file),
                     fail_mode=s.ledger_fail_mode, reservation_ttl_s=s.reservation_ttl_s,
+                    snapshot_max_age_s=s.snapshot_max_age_s,
                 )
                 await dispatcher.start()
                 self._pipeline = Pipeline(dispatcher, await Outputs.start(s))

@@ -4,9 +4,13 @@
 --    enforce: 0|1, scopes: [{k: budget key, lim: cap, exp: key expiry ms}], exp: reservation expiry ms,
 --    bl: {k, x: raw complexity, a: alpha, m0: prior mean, v0: prior variance},
 --    tr: [[budget key, 0|1, key expiry ms]]}
+-- ARGV[2]: JSON {s: [budget keys], b: [baseline keys]} whose state to report after the batch.
 -- Reply: flat array, two entries per item: status ("ok" | "dup" | "over"), and for "dup"
--- the stored record (a redelivered task gets its first decision back, with no second charge).
+-- the stored record (a redelivered task gets its first decision back, with no second charge);
+-- then three fields per reported key, as snapshot.lua gives them, so that the caller's
+-- next batch can start from the state this one left without another read.
 local items = cjson.decode(ARGV[1])
+local report = cjson.decode(ARGV[2])
 local out = {}
 for _, it in ipairs(items) do
   local dkey = 'dc:decision:' .. it.d
@@ -62,5 +66,17 @@ for _, it in ipairs(items) do
       out[#out + 1] = ''
     end
   end
+end
+for _, k in ipairs(report.s) do
+  local v = redis.call('HMGET', k, 'spent', 'reserved', 'trend')
+  out[#out + 1] = v[1] or ''
+  out[#out + 1] = v[2] or ''
+  out[#out + 1] = v[3] or ''
+end
+for _, k in ipairs(report.b) do
+  local v = redis.call('HMGET', k, 'n', 'mean', 'var')
+  out[#out + 1] = v[1] or ''
+  out[#out + 1] = v[2] or ''
+  out[#out + 1] = v[3] or ''
 end
 return out

@@ -160,7 +160,7 @@ async def test_planning_a_batch_matches_what_the_lua_commits(ledger):
         plan = decide(t, policy, snap, NOON)
         apply_plan(snap, plan)
         plans.append(plan)
-    results = await ledger.commit(plans)
+    results, _ = await ledger.commit(plans)
     assert {r.status for r in results} == {"ok"}
     fresh, stored = await ledger.read(snap.scopes, snap.baselines, [p.decision.decision_id for p in plans])
     assert fresh.scopes == snap.scopes
@@ -192,8 +192,8 @@ async def test_unreachable_redis_fails_closed_or_open_never_silently(fail_mode):
 class _ReplyLost(RedisLedger):
     """The commit runs in Redis, but its reply never arrives (a timeout after the fact)."""
 
-    async def commit(self, plans):
-        await super().commit(plans)
+    async def commit(self, plans, *keys):
+        await super().commit(plans, *keys)
         raise LedgerUnavailable("reply lost")
 
 
@@ -293,9 +293,55 @@ async def test_an_item_that_no_longer_fits_is_refused_alone_and_the_rest_of_the_
     assert all(p.amount for p in plans)
     # a concurrent worker's spend lands now: 0.05 of 0.20 left, enough for the smalls, not the large
     await redis_client.hset(global_key(), "spent", 150_000)
-    results = await ledger.commit(plans)
+    results, _ = await ledger.commit(plans)
     assert [r.status for r in results] == ["ok", "over", "ok"]
     state = await ledger.scope(global_key())
     assert state.reserved == plans[0].amount + plans[2].amount and state.committed <= 200_000
     stored = await redis_client.exists(keys.decision(plans[1].decision.decision_id))
     assert stored == 0  # the refused one left no trace: it is decided again on fresh state
+
+
+class _CountingLedger(RedisLedger):
+    reads = 0
+    commits = 0
+
+    async def read(self, *a, **k):
+        self.reads += 1
+        return await super().read(*a, **k)
+
+    async def commit(self, *a, **k):
+        self.commits += 1
+        return await super().commit(*a, **k)
+
+
+async def test_one_round_trip_per_batch_with_the_snapshot_cache_and_the_same_decisions(redis_client):
+    """With snapshot_max_age_s the commit's reply seeds the next batch: one round trip, and (one
+    worker) exactly the decisions a read-first dispatcher makes."""
+    tasks = [llm_task(["small", "medium", "large"][i % 3], task_id=f"c{i}", tenant="acme") for i in range(120)]
+    runs = {}
+    for max_age in (0.0, 60.0):
+        await redis_client.flushdb()
+        counting = _CountingLedger(redis_client)
+        d = Dispatcher(counting, PolicyStore(redis_client), capped(Decimal("3.00")), clock=lambda: NOON,
+                       snapshot_max_age_s=max_age)
+        runs[max_age] = [x.model_dump(exclude={"decision_latency_ms"}) for t in tasks for x in await d.decide([t])]
+        runs[max_age, "trips"] = (counting.reads, counting.commits)
+    assert runs[0.0] == runs[60.0]
+    assert runs[0.0, "trips"] == (120, 120)
+    assert runs[60.0, "trips"] == (1, 120)
+    assert {x["outcome"] for x in runs[60.0]} >= {"routed", "downgraded"}
+
+
+async def test_caps_hold_across_workers_with_the_snapshot_cache_on(ledger, redis_client):
+    workers = [Dispatcher(RedisLedger(redis_client), PolicyStore(redis_client), capped(), clock=lambda: NOON,
+                          snapshot_max_age_s=60.0) for _ in range(8)]
+    tasks = [llm_task("large", task_id=f"k{i}") for i in range(400)]
+
+    async def run(w, mine):
+        return [d for t in mine for d in await w.decide([t])]
+
+    decisions = [d for part in await asyncio.gather(*(run(w, tasks[i::8]) for i, w in enumerate(workers))) for d in part]
+    state = await ledger.scope(global_key())
+    assert state.reserved <= 1_000_000  # stale soft/trend views never let the cap slip
+    assert state.reserved == sum(int(d.reserved * 1_000_000) for d in decisions)
+    assert state.reserved > 1_000_000 - 50_000
