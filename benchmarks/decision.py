@@ -7,9 +7,8 @@ run so they can be compared on the same (noisy, 2-core) machine:
   engine        decide() alone, no I/O
   dispatch x1   Dispatcher.decide([task]): read + commit round trips to Redis, one task at a time
   x100          Dispatcher.decide(batch of 100): the per-task share of one batch
-each Redis measurement under the default asyncio loop and under uvloop (what the worker uses),
-and under uvloop with the snapshot cache (snapshot_max_age_s=0.25, the worker's default:
-one round trip per batch instead of a read and a commit).
+each Redis measurement reading before every batch (two round trips: read, commit) and with
+the snapshot cache (snapshot_max_age_s=0.25, the worker's default: one round trip per batch).
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ import random
 import statistics
 import time
 from datetime import UTC, datetime
-
-import uvloop
 
 from dispatch_core.dispatcher import Dispatcher
 from dispatch_core.engine import Snapshot, apply_plan, decide
@@ -108,9 +105,8 @@ async def dispatch_runs(
 def main(redis_url: str, runs: int, n: int) -> None:
     print(f"decision latency, {n} mixed tasks per run (llm/script/kernel, 3 services, 2 tenants, default policy)")
     summary("engine", engine_runs(runs, n))
-    for name, runner, max_age in (("asyncio", asyncio.run, 0.0), ("uvloop", uvloop.run, 0.0),
-                                  ("uvloop 1 trip", uvloop.run, 0.25)):
-        single, batch = runner(dispatch_runs(redis_url, runs, n, max_age))
+    for name, max_age in (("read+commit", 0.0), ("1 trip", 0.25)):
+        single, batch = asyncio.run(dispatch_runs(redis_url, runs, n, max_age))
         summary(f"x1 {name}", single)
         summary(f"x100 {name}", batch)
 

@@ -71,7 +71,6 @@ class Settings(BaseSettings):
     metrics_port: int = 9464
     batch_size: int = 200
     batch_within_s: float = 0.005
-    worker_loop: Literal["uvloop", "asyncio"] = "uvloop"
     commit_interval_s: float = 0.5  # how often the worker commits the offsets of handled batches
 
     def as_env(self) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mode.loop
 from prometheus_client import start_http_server
 
 from dispatch_core.settings import Settings
@@ -12,11 +11,10 @@ from stack.errors import StackError
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     """Block running the worker until SIGTERM/SIGINT; join the consumer group of the task topic.
 
-    uvloop: the worker's event loop is shared by Faust's consumer, the producer and the
-    ledger round trips, and uvloop cut the decision p95 under load by about a third here.
+    (uvloop was tried as the worker's loop: over 3 alternating runs of benchmarks.pipeline it
+    made no difference beyond noise, so the standard asyncio loop stays.)
     """
-    mode.loop.use("uvloop" if settings.worker_loop == "uvloop" else "aio")
-    import faust  # after the loop policy is set
+    import faust  # Faust has import-time side effects: only when a worker really starts
 
     from streams.app import create_app
 
