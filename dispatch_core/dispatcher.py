@@ -1,8 +1,9 @@
 """Deciding a batch of tasks against the shared ledger: the engine with its I/O attached.
 
-Per batch: one pipelined read (budgets, baselines, load, stored decisions), the pure engine
-for each task in order (each plan replayed on the snapshot so the next task sees it), one
-atomic Lua commit. A task whose reservation no longer fits because another worker spent
+Per batch: the state to decide on (the one the previous commit returned, if fresh enough,
+else one Lua read of budgets, baselines, load and stored decisions), the pure engine for each
+task in order (each plan replayed on the snapshot so the next task sees it), one atomic Lua
+commit that also returns the state it left. A task whose reservation no longer fits because another worker spent
 first is re-decided on fresh state; a redelivered task gets its stored decision back.
 When Redis is unreachable the dispatcher fails closed (reject) or open (cheapest tier that
 meets the SLA), as configured, and says so in the record.
@@ -120,6 +121,12 @@ class Dispatcher:
         if self.snapshot_max_age_s <= 0:
             return
         at = time.monotonic()
+        if len(self._cached_at) > 10_000:  # windows roll over and tenants come and go: forget the stale
+            stale = {k for k, t in self._cached_at.items() if t < at - self.snapshot_max_age_s}
+            for k in stale:
+                self._cached_at.pop(k)
+                self._cache.scopes.pop(k, None)
+                self._cache.baselines.pop(k, None)
         self._cache.scopes.update(snap.scopes)
         self._cache.baselines.update(snap.baselines)
         self._cached_at.update(dict.fromkeys([*snap.scopes, *snap.baselines], at))

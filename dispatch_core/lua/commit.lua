@@ -67,16 +67,14 @@ for _, it in ipairs(items) do
     end
   end
 end
-for _, k in ipairs(report.s) do
-  local v = redis.call('HMGET', k, 'spent', 'reserved', 'trend')
-  out[#out + 1] = v[1] or ''
-  out[#out + 1] = v[2] or ''
-  out[#out + 1] = v[3] or ''
+local function fields(keys, a, b, c)
+  for _, k in ipairs(keys) do
+    local v = redis.call('HMGET', k, a, b, c)
+    out[#out + 1] = v[1] or ''
+    out[#out + 1] = v[2] or ''
+    out[#out + 1] = v[3] or ''
+  end
 end
-for _, k in ipairs(report.b) do
-  local v = redis.call('HMGET', k, 'n', 'mean', 'var')
-  out[#out + 1] = v[1] or ''
-  out[#out + 1] = v[2] or ''
-  out[#out + 1] = v[3] or ''
-end
+fields(report.s, 'spent', 'reserved', 'trend')
+fields(report.b, 'n', 'mean', 'var')
 return out
