@@ -17,6 +17,8 @@ from dispatch_core.policy_store import PolicyStore
 from dispatch_core.rollout import Canary, Rollout, ServiceRollout
 from dispatch_core.settings import get_settings
 
+from streams.topics import ensure_topics
+
 from .output import console, fail, run
 
 policy_app = typer.Typer(help="Validate, hash and publish routing policies.", no_args_is_help=True)
@@ -66,9 +68,19 @@ def hash_(file: PolicyFile) -> None:
 
 @policy_app.command("publish")
 def publish(file: PolicyFile) -> None:
-    """Store the policy under its version in Redis (immutable; publishing twice is a no-op)."""
+    """Store the policy under its version in Redis (immutable; publishing twice is a no-op).
+
+    Its executors' topics are created first, so a service pinned to it can be routed at once.
+    """
     policy = _load(file)
-    version = _run(lambda store: store.publish(policy))
+
+    async def publish_routable(store: PolicyStore) -> str:
+        created = await ensure_topics(get_settings(), policy.executors())
+        if created:
+            console.print(f"created topics: {', '.join(created)}")
+        return await store.publish(policy)
+
+    version = _run(publish_routable)
     console.print(f"published {policy.name!r} as {version}")
 
 
@@ -100,6 +112,8 @@ def set_(
         pinned = await store.resolve(version) if version else None
         can = Canary(version=await store.resolve(canary), percent=percent) if canary else None
         svc = ServiceRollout(mode=mode, version=pinned, canary=can)  # type: ignore[arg-type]
+        for v in filter(None, [pinned, can.version if can else None]):  # routable before anyone is pinned to it
+            await ensure_topics(get_settings(), (await store.get(v)).executors())
         current = await store.rollout()
         if service == "default":
             new = current.model_copy(update={"default": svc})

@@ -20,14 +20,14 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from dispatch_core.dispatcher import Dispatcher
 from dispatch_core.decision import Decision, Trigger
+from dispatch_core.dispatcher import Dispatcher
 from dispatch_core.engine import invalid, ledger_keys
 from dispatch_core.errors import DispatchError, TaskError
 from dispatch_core.ledger import RedisLedger
 from dispatch_core.task import Task, parse_task
-from streams import metrics
 from schemas import AuditEncodingError
+from streams import metrics
 from streams.messages import CostReport, LoadUpdate, RoutedTask
 from streams.outputs import Delivery, Outputs, delivered
 

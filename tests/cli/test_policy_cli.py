@@ -2,12 +2,16 @@
 
 import json
 
+import asyncio
+
 import pytest
 import redis
 from typer.testing import CliRunner
 
 from dispatch_cli.main import app
 from dispatch_core.policy import DEFAULT_POLICY_PATH, load_policy
+from dispatch_core.settings import get_settings
+from streams.topics import topic_configs
 
 runner = CliRunner()
 
@@ -31,10 +35,11 @@ def test_an_invalid_policy_names_the_field_and_exits_1(tmp_path):
 
 
 @pytest.fixture
-def redis_env(redis_client, redis_service, monkeypatch, fresh_settings_cache):
-    """A plain (sync) client on the flushed test DB; the CLI runs its own event loop."""
-    monkeypatch.setenv("DISPATCH_REDIS_URL", redis_service.redis_url)
-    client = redis.Redis.from_url(redis_service.redis_url, decode_responses=True)
+def redis_env(redis_client, stack, monkeypatch, fresh_settings_cache):
+    """The CLI pointed at the test stack, and a plain (sync) client on its flushed Redis DB."""
+    for key, value in stack.as_env().items():
+        monkeypatch.setenv(key, value)
+    client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
     yield client
     client.close()
 
@@ -43,11 +48,16 @@ def test_publish_pin_canary_and_roll_back(redis_env, tmp_path):
     data = json.loads(load_policy().canonical_json())
     data["name"] = "cheaper"
     data["classes"]["llm"]["tiers"][2]["unit_price"] = "0.0100"
+    data["classes"]["llm"]["tiers"][2]["executor"] = f"llm-large-{tmp_path.name[-6:]}"  # a new executor
     new = tmp_path / "new.json"
     new.write_text(json.dumps(data))
     stable, canary = load_policy().version, load_policy(new).version
     for f in (DEFAULT_POLICY_PATH, new):
-        assert runner.invoke(app, ["policy", "publish", str(f)]).exit_code == 0
+        published = runner.invoke(app, ["policy", "publish", str(f)])
+        assert published.exit_code == 0, published.output
+    # publishing made the new executor routable: its topic exists on the broker
+    topic = get_settings().executor_topic(data["classes"]["llm"]["tiers"][2]["executor"])
+    assert asyncio.run(topic_configs(get_settings(), [topic]))[topic]["cleanup.policy"] == "delete"
     res = runner.invoke(app, ["rollout", "set", "llm-gateway", "--version", stable[:10], "--canary", canary[:10],
                               "--percent", "20"])
     assert res.exit_code == 0, res.output
