@@ -51,6 +51,7 @@ DEMO_BUDGETS: list[dict[str, Any]] = [
 ]
 SHADOW_SERVICE = "tarotscript"  # adopts in shadow mode: decided and logged, routed as asked
 PROBE_SERVICE = "demo-probe"
+SMALL_EXECUTOR = "llm-large"  # run with little capacity, so the load trigger shows on live reports
 
 
 def demo_policy(base: Policy) -> Policy:
@@ -142,7 +143,9 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
     reader = asyncio.create_task(read_audit(s.kafka_bootstrap, s.topic_audit, log, stop_reading))
     try:
         procs.start("worker", s, "worker")
-        procs.start("executors", s, "executor", "--all", "--capacity", "24")
+        others = [e for e in policy.executors() if e != SMALL_EXECUTOR]
+        procs.start("executors", s, "executor", *others, "--capacity", "24")
+        procs.start(SMALL_EXECUTOR, s, "executor", SMALL_EXECUTOR, "--capacity", "3")  # saturates: `load` fires
         async with TaskProducer(s) as producer:
             probe: dict[str, Any] = {"task_id": f"{run_id}-probe", "service": PROBE_SERVICE, "workload": "kernel",
                      "features": {"cpu_ms": 1}}

@@ -275,3 +275,27 @@ async def test_two_workers_share_the_partitions_and_one_global_cap(pipeline_sett
     assert reserved <= 1_000_000  # the cap held across both processes
     assert Decimal(reserved) / 1_000_000 == sum(d["reserved"] for d in decisions.values())
     assert any(d["outcome"] == "rejected" for d in decisions.values())
+
+
+async def test_a_saturation_report_on_the_load_topic_moves_tasks_off_that_executor(pipeline_settings, procs, redis_client):
+    """The load trigger on live data: executor report -> load topic -> worker -> Redis -> decisions."""
+    s = pipeline_settings
+    procs.start("worker", s, "worker")
+    from datetime import UTC, datetime
+
+    from streams.messages import LoadUpdate
+    from streams.producer import idempotent_producer
+
+    producer = idempotent_producer(s.kafka_bootstrap)
+    await producer.start()
+    update = LoadUpdate(executor="llm-large", saturation=1.0, in_flight=8, capacity=8, at=datetime.now(UTC))
+    await producer.send_and_wait(s.topic_load, key=b"llm-large", value=update.model_dump_json().encode())
+    await producer.stop()
+    await wait_for(lambda: redis_client.hexists(keys.LOAD, "llm-large"), timeout_s=60)
+    tasks = [{"task_id": f"busy-{i}", "service": "svc", "workload": "llm", "features": {"tokens": 9000}}
+             for i in range(5)]
+    async with TaskProducer(s) as task_producer:
+        await task_producer.submit_many(tasks)
+    events = [e for _, e in audit_events(await consume(s, [s.topic_audit], lambda rs: len(rs) >= 5))]
+    assert all(e["asked_tier"] == "large" and e["assigned_tier"] == "medium" and "load" in e["triggers"]
+               for e in events), [(e["assigned_tier"], e["triggers"]) for e in events]
