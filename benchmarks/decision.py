@@ -27,6 +27,7 @@ from dispatch_core.policy import load_policy
 from dispatch_core.policy_store import PolicyStore
 from dispatch_core.settings import get_settings
 from dispatch_core.task import Task
+from workers.finance import pct
 
 
 def mixed_tasks(n: int, seed: int, prefix: str) -> list[Task]:
@@ -41,11 +42,6 @@ def mixed_tasks(n: int, seed: int, prefix: str) -> list[Task]:
             "workload": w, "tenant": rnd.choice(["acme", "globex", None]), "features": feats,
         }))
     return out
-
-
-def pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def summary(name: str, runs: list[list[float]]) -> None:

@@ -59,6 +59,11 @@ class Release:
     amount: Decimal
 
 
+#: A budget key that settlement has to create (its window's key was gone) lives this long: longer
+#: than any window (a month plus a day of grace), so no spend expires before its window ends.
+BUDGET_KEY_MAX_TTL_MS = 35 * 24 * 3600 * 1000
+
+
 def _state(fields: Sequence[str], scopes: Sequence[str], baselines: Sequence[str]) -> Snapshot:
     """Budget and baseline state from a script's reply: three fields per key, scopes first."""
     snap = Snapshot()
@@ -154,7 +159,9 @@ class RedisLedger:
         ``charge_scopes``: the budget keys to charge when the decision held no reservation
         (fail-open during a Redis outage), so that spend still reaches the caps.
         """
-        args: list[str | int] = [decision_id, to_micros(actual), json.dumps(list(charge_scopes)), self.decision_ttl_ms]
+        args: list[str | int] = [
+            decision_id, to_micros(actual), json.dumps(list(charge_scopes)), self.decision_ttl_ms, BUDGET_KEY_MAX_TTL_MS,
+        ]
         status, amt, scopes = await guarded(lambda: self._settle(args=args))
         return Settlement(decision_id, status, from_micros(int(amt)), actual, json.loads(scopes) if scopes != "{}" else [])
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from schemas import DECISION, AuditEncodingError, decode
+from dispatch_core.errors import DispatchError
+from schemas import DECISION, decode
 
 
 @dataclass
@@ -39,11 +40,17 @@ class AuditLog:
         return {d: r for (d, kind), r in self.settlements.items() if kind in ("settled", "settled_late")}
 
 
-async def read_audit(bootstrap: str, topic: str, log: AuditLog, stop: asyncio.Event, poll_ms: int = 200) -> None:
-    """Follow the audit topic from its beginning into ``log`` until ``stop`` is set."""
+async def _from_beginning(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+    """A started consumer of every partition of ``topic`` from its first offset (no group, no commits)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
+    return consumer
+
+
+async def read_audit(bootstrap: str, topic: str, log: AuditLog, stop: asyncio.Event, poll_ms: int = 200) -> None:
+    """Follow the audit topic from its beginning into ``log`` until ``stop`` is set."""
+    consumer = await _from_beginning(bootstrap, topic)
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=poll_ms)
@@ -57,14 +64,12 @@ async def read_audit(bootstrap: str, topic: str, log: AuditLog, stop: asyncio.Ev
 async def read_audit_to_end(bootstrap: str, topic: str, timeout_s: float = 10.0) -> AuditLog:
     """Everything on the audit topic up to its current end (for reports and replays)."""
     log = AuditLog()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
+    consumer = await _from_beginning(bootstrap, topic)
     try:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while not consumer.assignment():  # without a group, every partition is assigned once known
             if asyncio.get_running_loop().time() > deadline:
-                raise AuditEncodingError(f"no audit topic {topic!r} at {bootstrap}")
+                raise DispatchError(f"no audit topic {topic!r} at {bootstrap}")
             await asyncio.sleep(0.05)
         parts = sorted(consumer.assignment())
         ends = await consumer.end_offsets(parts)

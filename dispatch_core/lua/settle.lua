@@ -1,6 +1,8 @@
 -- Settle one decision with the actual cost the executor reported. Idempotent.
 -- ARGV: decision id, actual cost (micro-units), JSON list of budget keys to charge when no
--- reservation was held (a fail-open decision made while Redis was unreachable), key TTL ms.
+-- reservation was held (a fail-open decision made while Redis was unreachable), the
+-- reservation record's TTL (ms), and the TTL (ms) for a budget key this script has to create,
+-- which outlives any budget window.
 -- Reply: {status, reserved amount, scope keys JSON}; status is "settled", "late" (the
 -- reservation had already been released: the spend still counts), "unreserved" (no
 -- reservation: the spend is charged to the given keys), "dup" or "unknown".
@@ -11,7 +13,7 @@ local function charge(scopes_json)
   for _, k in ipairs(cjson.decode(scopes_json)) do
     redis.call('HINCRBY', k, 'spent', actual)
     if redis.call('PTTL', k) == -1 then  -- a window key recreated late: let it expire
-      redis.call('PEXPIRE', k, tonumber(ARGV[4]))
+      redis.call('PEXPIRE', k, tonumber(ARGV[5]))
     end
   end
 end

@@ -270,12 +270,13 @@ async def test_shadow_mode_from_the_rollout_routes_as_asked(make_dispatcher, led
     assert (await ledger.scope(global_key())).reserved == int(dec.reserved * 1_000_000) > 10_000
 
 
-async def test_fail_open_spend_is_charged_when_its_cost_is_reported(ledger):
+async def test_fail_open_spend_is_charged_when_its_cost_is_reported(ledger, redis_client):
     """Nothing was reserved during the outage, but the actual cost still reaches the caps, once."""
     key = global_key()
     first = await ledger.settle("open-1", Decimal("0.25"), [key])
     assert (first.status, first.scopes) == ("unreserved", [key])
     assert (await ledger.scope(key)).spent == 250_000
+    assert await redis_client.pttl(key) > 31 * 24 * 3600 * 1000  # created here: outlives any window, not forever
     assert (await ledger.settle("open-1", Decimal("0.25"), [key])).status == "dup"
     assert (await ledger.scope(key)).spent == 250_000
     assert (await ledger.settle("open-2", Decimal("0.25"))).status == "unknown"  # nothing to charge: recorded only
