@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dispatch_core.engine import ScopeState, Snapshot
 from dispatch_core.policy import Policy, load_policy, parse_policy
 from dispatch_core.task import Task
 
-#: A fixed instant halfway through the UTC day (and through its hour).
-NOON = datetime(2026, 11, 24, 12, 30, tzinfo=UTC)
+#: An instant halfway through a UTC day (and through its hour): tomorrow's, so that the ledger's
+#: keys, which expire a day after their window ends, are never already expired in real Redis,
+#: whatever day the tests run on.
+NOON = (datetime.now(UTC) + timedelta(days=1)).replace(hour=12, minute=30, second=0, microsecond=0)
 
 _TOKENS = {"small": 200, "medium": 1500, "large": 6000}
 
