@@ -15,7 +15,7 @@ from . import stack, topics
 from .finance import finance_app
 from .policy import policy_app, rollout_app
 from .demo import render, run_pipeline_demo
-from .output import console, errors, run
+from .output import console, errors, read_settings, run
 
 app = typer.Typer(help="dispatch-core: cost-aware dispatch of AI workloads.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
@@ -27,6 +27,12 @@ app.add_typer(finance_app, name="finance")
 app.command()(run_cmds.worker)
 app.command()(run_cmds.executor)
 app.command()(run_cmds.submit)
+
+
+@app.callback()
+def _read_settings_first() -> None:
+    # before any command reads them somewhere deep inside: a bad DISPATCH_* value is one error line
+    read_settings()
 
 
 async def run_demo(settings: Settings, kafka_version: str | None, keep: bool, tasks: int, rate: float,

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, NoReturn, TypeVar, get_args, get_origin
 
 import typer
+from pydantic import TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 from rich.console import Console
 from rich.markup import escape
 
 from dispatch_core.errors import DispatchError
+from dispatch_core.settings import Settings, get_settings
 from stack.errors import ServiceFailed
 
 console = Console()
@@ -27,11 +31,47 @@ def fail(message: str, detail: str = "") -> NoReturn:
     raise typer.Exit(1)
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; a DispatchError becomes one line and exit 1, not a traceback."""
+@contextmanager
+def reported() -> Iterator[None]:
+    """A DispatchError raised inside becomes one error line and exit 1, not a traceback."""
     try:
-        return asyncio.run(coro)
+        yield
     except ServiceFailed as exc:
         fail(str(exc), exc.log_tail)
     except DispatchError as exc:
         fail(str(exc))
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; a DispatchError becomes one line and exit 1, not a traceback."""
+    with reported():
+        return asyncio.run(coro)
+
+
+def allowed(kind: Any) -> str:
+    """What a constrained type accepts, in words: a Literal's choices, or its Field description."""
+    if get_origin(kind) is Literal:
+        *first, last = (str(choice) for choice in get_args(kind))
+        return f"{', '.join(first)} or {last}" if first else last
+    descriptions = [m.description for m in get_args(kind)[1:] if isinstance(m, FieldInfo) and m.description]
+    return "; ".join(descriptions) or str(kind)
+
+
+def check(option: str, kind: Any, value: Any) -> Any:
+    """``value`` validated as ``kind``, the constrained type of the model field it will fill.
+
+    Commands check their options this way before any I/O, so a bad value is one line naming
+    the option and what it allows (exit 1), never pydantic's traceback from deep inside.
+    """
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError:
+        fail(f"{option} must be {allowed(kind)}, not {value!r}")
+
+
+def read_settings() -> Settings:
+    """The DISPATCH_* settings; a variable with a bad value is one error line naming it, exit 1."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        fail("; ".join(f"DISPATCH_{str(e['loc'][0]).upper()}={e['input']!r}: {e['msg']}" for e in exc.errors()))

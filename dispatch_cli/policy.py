@@ -11,15 +11,15 @@ import typer
 from redis.asyncio import Redis
 from rich.table import Table
 
-from dispatch_core.errors import DispatchError
+from dispatch_core.decision import Mode
 from dispatch_core.policy import Policy, load_policy
 from dispatch_core.policy_store import PolicyStore
-from dispatch_core.rollout import Canary, Rollout, ServiceRollout
+from dispatch_core.rollout import Canary, Percent, PolicyVersion, Rollout, ServiceRollout, VersionPrefix
 from dispatch_core.settings import get_settings
 
 from streams.topics import ensure_topics
 
-from .output import console, fail, run
+from .output import check, console, reported, run
 
 policy_app = typer.Typer(help="Validate, hash and publish routing policies.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Per-service adoption: mode, pinned policy version, canary.", no_args_is_help=True)
@@ -43,10 +43,8 @@ def _run(fn: Callable[[PolicyStore], Awaitable[T]]) -> T:
 
 
 def _load(file: Path) -> Policy:
-    try:
+    with reported():
         return load_policy(file)
-    except DispatchError as exc:
-        fail(str(exc))
 
 
 @policy_app.command("validate")
@@ -102,16 +100,21 @@ def set_(
     mode: Annotated[str, typer.Option(help="off | shadow | enforce")] = "enforce",
     version: Annotated[str | None, typer.Option(help="pin this published version (8+ hex digits)")] = None,
     canary: Annotated[str | None, typer.Option(help="canary version (8+ hex digits)")] = None,
-    percent: Annotated[float, typer.Option(help="share of the service's tasks on the canary")] = 10.0,
+    percent: Annotated[float, typer.Option(help="share of the service's tasks on the canary (0 to 100)")] = 10.0,
 ) -> None:
     """Set one service's adoption. Roll back by setting it again without --canary."""
-    if mode not in ("off", "shadow", "enforce"):
-        fail(f"--mode must be off, shadow or enforce, not {mode!r}")
+    checked_mode = check("--mode", Mode, mode)  # every option is checked before Redis is touched
+    checked_percent = check("--percent", Percent, percent)
+    for option, prefix in (("--version", version), ("--canary", canary)):
+        if prefix is not None:
+            check(option, VersionPrefix, prefix)
 
     async def apply(store: PolicyStore) -> Rollout:
-        pinned = await store.resolve(version) if version else None
-        can = Canary(version=await store.resolve(canary), percent=percent) if canary else None
-        svc = ServiceRollout(mode=mode, version=pinned, canary=can)  # type: ignore[arg-type]
+        pinned = check("--version", PolicyVersion, await store.resolve(version)) if version else None
+        can = None
+        if canary:
+            can = Canary(version=check("--canary", PolicyVersion, await store.resolve(canary)), percent=checked_percent)
+        svc = ServiceRollout(mode=checked_mode, version=pinned, canary=can)
         for v in filter(None, [pinned, can.version if can else None]):  # routable before anyone is pinned to it
             await ensure_topics(get_settings(), (await store.get(v)).executors())
         current = await store.rollout()

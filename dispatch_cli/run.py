@@ -14,17 +14,15 @@ from dispatch_core.errors import DispatchError
 from dispatch_core.policy import load_policy
 from dispatch_core.settings import get_settings
 
-from .output import fail
+from .output import fail, reported, run
 
 
 def worker(loglevel: Annotated[str, typer.Option(help="faust log level")] = "warning") -> None:
     """Run the dispatcher (a Faust worker in the task topic's consumer group). Start more to scale out."""
     from streams.worker import run_worker
 
-    try:
+    with reported():
         run_worker(get_settings(), loglevel=loglevel)
-    except DispatchError as exc:
-        fail(str(exc))
 
 
 def executor(
@@ -37,13 +35,11 @@ def executor(
     from workers.executor import run_executors
 
     settings = get_settings()
-    try:
+    with reported():
         policy = load_policy(settings.policy_file)
         chosen = policy.executors() if all_ else list(names or [])
         for n in chosen:
             policy.tier_of_executor(n)
-    except DispatchError as exc:
-        fail(str(exc))
     if not chosen:
         fail("name at least one executor, or --all; the policy has: " + ", ".join(policy.executors()))
 
@@ -62,15 +58,22 @@ def submit(
     file: Annotated[Path | None, typer.Option("--file", "-f", help="JSON-lines file of tasks ('-' for stdin)")] = None,
 ) -> None:
     """Validate and publish tasks to the task topic. Nothing is sent if any task is invalid."""
+    from aiokafka.errors import KafkaError
+
     from dispatch_core.task import parse_task
+    from stack.kafka import quiet_aiokafka
     from streams.producer import TaskProducer
+    from streams.topics import kafka_error
 
     if (task is None) == (file is None):
         fail("give one task as JSON, or --file")
     if task is not None:
         lines = [(1, task)]
     else:
-        text = sys.stdin.read() if str(file) == "-" else Path(file).read_text()  # type: ignore[arg-type]
+        try:
+            text = sys.stdin.read() if str(file) == "-" else Path(file).read_text()  # type: ignore[arg-type]
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read --file {file}: {getattr(exc, 'strerror', None) or exc}")
         lines = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
     tasks, problems = [], []
     for lineno, line in lines:
@@ -82,8 +85,13 @@ def submit(
         fail("nothing sent: invalid tasks", "\n".join(problems))
 
     async def send() -> None:
-        async with TaskProducer(get_settings()) as producer:
-            await producer.submit_many(tasks)
+        settings = get_settings()
+        try:
+            async with TaskProducer(settings) as producer:
+                await producer.submit_many(tasks)
+        except KafkaError as exc:
+            raise kafka_error(settings, exc) from exc
 
-    asyncio.run(send())
+    with quiet_aiokafka():  # a refused connection is our one error line, not aiokafka's log too
+        run(send())
     print(json.dumps({"submitted": len(tasks), "task_ids": [t.task_id for t in tasks]}))

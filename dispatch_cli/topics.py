@@ -10,14 +10,19 @@ from dispatch_core.settings import get_settings
 from stack.kafka import quiet_aiokafka
 from streams.topics import TopicSpec, ensure_topics, topic_specs
 
-from .output import console, run
+from .output import console, reported, run
 
 app = typer.Typer(help="The Kafka topics dispatch-core uses.", no_args_is_help=True)
 
 
+def _executors() -> list[str]:
+    """The configured policy's executors; a missing or invalid policy file is one error line."""
+    with reported():
+        return load_policy(get_settings().policy_file).executors()
+
+
 def _specs() -> list[TopicSpec]:
-    settings = get_settings()
-    return topic_specs(settings, load_policy(settings.policy_file).executors())
+    return topic_specs(get_settings(), _executors())
 
 
 def _table(specs: list[TopicSpec], created: set[str] | None = None) -> Table:
@@ -40,7 +45,7 @@ def create() -> None:
     """Create the missing topics on DISPATCH_KAFKA_BOOTSTRAP and check the existing ones."""
     settings = get_settings()
     with quiet_aiokafka():  # a refused connection becomes our one-line error, not aiokafka's log too
-        created = run(ensure_topics(settings, load_policy(settings.policy_file).executors()))
+        created = run(ensure_topics(settings, _executors()))
     console.print(f"[dim]Kafka at {settings.kafka_bootstrap}[/]")
     console.print(_table(_specs(), set(created)))
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import time
 
+from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 
 from dispatch_core import keys
 from dispatch_core.errors import PolicyError
 from dispatch_core.redis_io import guarded
 from dispatch_core.policy import Policy, policy_from_canonical
-from dispatch_core.rollout import Rollout
+from dispatch_core.rollout import Rollout, VersionPrefix
 
+_PREFIX: TypeAdapter[str] = TypeAdapter(VersionPrefix)
 
 
 class PolicyStore:
@@ -49,15 +51,23 @@ class PolicyStore:
         return policy
 
     async def resolve(self, prefix: str) -> str:
-        """Full version from a unique prefix (at least 8 hex digits), as users type them."""
+        """Full version from a unique prefix (8 to 64 hex digits), as users type them.
+
+        The prefix is checked before it becomes a SCAN pattern, where ``*`` would match any version.
+        """
+        try:
+            _PREFIX.validate_python(prefix)
+        except ValidationError:
+            raise PolicyError(f"{prefix!r} is not a policy version: give 8 to 64 of its hex digits") from None
         if len(prefix) == 64:
             return prefix
-        if len(prefix) < 8:
-            raise PolicyError("give at least 8 characters of a policy version")
-        found = [k.removeprefix(keys.policy("")) async for k in self.redis.scan_iter(match=keys.policy(prefix) + "*")]
+        found = await guarded(lambda: self._versions_starting(prefix))
         if len(found) != 1:
             raise PolicyError(f"{prefix!r} matches {len(found)} published versions")
         return found[0]
+
+    async def _versions_starting(self, prefix: str) -> list[str]:
+        return [k.removeprefix(keys.policy("")) async for k in self.redis.scan_iter(match=keys.policy(prefix) + "*")]
 
     async def rollout(self) -> Rollout:
         """The current rollout, re-read at most every ``rollout_refresh_s``."""

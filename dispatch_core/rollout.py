@@ -8,10 +8,18 @@ immutable (``PolicyStore``), so pinning a version pins behaviour exactly.
 from __future__ import annotations
 
 import hashlib
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from dispatch_core.decision import Arm, Mode
+
+# The constraints below say in words what they allow, so the CLI can name it when it refuses a value.
+PolicyVersion = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="64 hex digits (a policy's SHA-256)")]
+VersionPrefix = Annotated[
+    str, Field(pattern=r"^[0-9a-f]{8,64}$", description="8 to 64 hex digits of a published policy version")
+]
+Percent = Annotated[float, Field(ge=0, le=100, description="a percentage from 0 to 100")]
 
 
 class Canary(BaseModel):
@@ -19,8 +27,8 @@ class Canary(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: str = Field(min_length=64, max_length=64)
-    percent: float = Field(ge=0, le=100)
+    version: PolicyVersion
+    percent: Percent
 
 
 class ServiceRollout(BaseModel):
@@ -29,7 +37,7 @@ class ServiceRollout(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: Mode = "enforce"
-    version: str | None = Field(default=None, min_length=64, max_length=64)
+    version: PolicyVersion | None = None
     canary: Canary | None = None
 
 

@@ -28,7 +28,11 @@ class TaskProducer:
         self._producer = idempotent_producer(settings.kafka_bootstrap, linger_ms=5)
 
     async def __aenter__(self) -> TaskProducer:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:
+            await self._producer.stop()  # else it is left half-started, and reported unclosed
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

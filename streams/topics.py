@@ -28,7 +28,7 @@ DLQ_PARTITIONS = 1  # unkeyed, low volume, read by people
 
 
 class TopicError(DispatchError):
-    """A topic could not be created, or exists with a shape that contradicts its spec."""
+    """A topic could not be reached or created, or exists with a shape that contradicts its spec."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,8 @@ def topic_specs(settings: Settings, executors: Iterable[str]) -> list[TopicSpec]
     ]
 
 
-def _translate(settings: Settings, exc: Exception) -> TopicError:
+def kafka_error(settings: Settings, exc: Exception) -> TopicError:
+    """A Kafka client failure as one readable line (commands print it instead of a traceback)."""
     if isinstance(exc, KafkaConnectionError):
         return TopicError(f"cannot reach Kafka at {settings.kafka_bootstrap} (`dispatch stack up` starts a local one)")
     return TopicError(f"Kafka at {settings.kafka_bootstrap} failed: {exc!r}")
@@ -114,7 +115,7 @@ async def create_topics(settings: Settings, specs: list[TopicSpec]) -> list[str]
         await _wait_until_served(admin, created)
         await _check_existing(admin, [s for s in specs if s.name in existing])
     except (KafkaError, TimeoutError) as exc:
-        raise _translate(settings, exc) from exc
+        raise kafka_error(settings, exc) from exc
     finally:
         await admin.close()
     return [s.name for s in specs if s.name in created]
@@ -178,6 +179,6 @@ async def topic_configs(settings: Settings, names: Iterable[str]) -> dict[str, d
         await admin.start()
         return await _describe(admin, list(names))
     except KafkaError as exc:
-        raise _translate(settings, exc) from exc
+        raise kafka_error(settings, exc) from exc
     finally:
         await admin.close()

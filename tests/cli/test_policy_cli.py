@@ -76,3 +76,30 @@ def test_pinning_an_unpublished_version_is_refused(redis_env):
     assert redis_env.get("dc:rollout") is None
     res = runner.invoke(app, ["rollout", "set", "svc", "--mode", "loud"])
     assert res.exit_code == 1 and "--mode must be" in res.output
+
+
+@pytest.fixture
+def no_redis(tmp_path, monkeypatch, fresh_settings_cache):
+    """The CLI pointed at a Redis socket that does not exist: any command that touches Redis says so."""
+    monkeypatch.setenv("DISPATCH_REDIS_URL", f"unix://{tmp_path}/no-redis.sock")
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["--percent", "150"], "error: --percent must be a percentage from 0 to 100, not 150.0"),
+    (["--canary", "3e83d4ba", "--percent", "-5"], "error: --percent must be a percentage from 0 to 100, not -5.0"),
+    (["--canary", "g" * 64], f"error: --canary must be 8 to 64 hex digits of a published policy version, not '{'g' * 64}'"),
+    (["--version", "3e83d4b"], "error: --version must be 8 to 64 hex digits of a published policy version, not '3e83d4b'"),
+    (["--version", "3e83d4b*"], "error: --version must be 8 to 64 hex digits of a published policy version, not '3e83d4b*'"),
+    (["--mode", "loud"], "error: --mode must be off, shadow or enforce, not 'loud'"),
+])
+def test_rollout_set_refuses_a_bad_option_in_one_line_before_touching_redis(no_redis, args, line):
+    res = runner.invoke(app, ["rollout", "set", "svc", *args])
+    assert res.exit_code == 1
+    assert res.output.splitlines() == [line]  # no traceback, and no "Redis unavailable": Redis was never asked
+
+
+def test_rollout_set_with_valid_options_does_reach_redis(no_redis):
+    """The control for the test above; also: an unreachable Redis while resolving a prefix is one line."""
+    res = runner.invoke(app, ["rollout", "set", "svc", "--version", "3e83d4ba", "--canary", "9f1c2d7e", "--percent", "10"])
+    assert res.exit_code == 1
+    assert len(res.output.splitlines()) == 1 and res.output.startswith("error: Redis unavailable")
