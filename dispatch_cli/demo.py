@@ -40,6 +40,7 @@ from streams.producer import TaskProducer
 from streams.topics import DLQ_PARTITIONS, ensure_topics
 from workers.finance import AuditLog, read_audit, summarise
 
+from .output import short
 from .workload import demo_workload
 
 #: Budgets sized so the demo's ~14 USD of asked-for work runs short part-way through.
@@ -135,7 +136,7 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
     await store.publish(policy)
     await store.set_rollout(Rollout(services={SHADOW_SERVICE: ServiceRollout(mode="shadow")}))
     await redis.aclose()
-    console.print(f"[bold]demo run {run_id}[/]: policy {policy.name} {policy.version[:12]}, "
+    console.print(f"[bold]demo run {run_id}[/]: policy {policy.name} {short(policy.version)}, "
                   f"{SHADOW_SERVICE} in shadow mode, logs in {run_dir}", soft_wrap=True)
 
     procs = ProcessGroup(run_dir)  # the run dir is their cwd too

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, NoReturn, TypeVar, get_args, get_origin
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from dispatch_core.errors import DispatchError
+from dispatch_core.rollout import POLICY_VERSION
 from dispatch_core.settings import Settings, get_settings
 from stack.errors import ServiceFailed
 
@@ -46,6 +48,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine; a DispatchError becomes one line and exit 1, not a traceback."""
     with reported():
         return asyncio.run(coro)
+
+
+def short(version: str) -> str:
+    """A policy version (64 hex digits) as its first 12, like a short git hash; any other text whole."""
+    return version[:12] if re.fullmatch(POLICY_VERSION, version) else version
 
 
 def allowed(kind: Any) -> str:

@@ -19,7 +19,7 @@ from dispatch_core.settings import get_settings
 
 from streams.topics import ensure_topics
 
-from .output import check, console, reported, run
+from .output import check, console, reported, run, short
 
 policy_app = typer.Typer(help="Validate, hash and publish routing policies.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Per-service adoption: mode, pinned policy version, canary.", no_args_is_help=True)
@@ -82,16 +82,21 @@ def publish(file: PolicyFile) -> None:
     console.print(f"published {policy.name!r} as {version}")
 
 
+def rollout_table(rollout: Rollout) -> Table:
+    """Every service's mode, pinned version and canary; versions short, words whole."""
+    table = Table("service", "mode", "version", "canary")
+    rows = [("(default)", rollout.default), *sorted(rollout.services.items())]
+    for name, svc in rows:
+        canary = f"{short(svc.canary.version)} @ {svc.canary.percent:g}%" if svc.canary else "-"
+        table.add_row(name, svc.mode, short(svc.version) if svc.version else "worker default", canary)
+    return table
+
+
 @rollout_app.command("show")
 def show() -> None:
     """Print every service's mode, pinned version and canary."""
     rollout: Rollout = _run(lambda store: store.rollout())
-    table = Table("service", "mode", "version", "canary")
-    rows = [("(default)", rollout.default), *sorted(rollout.services.items())]
-    for name, svc in rows:
-        canary = f"{svc.canary.version[:12]} @ {svc.canary.percent:g}%" if svc.canary else "-"
-        table.add_row(name, svc.mode, (svc.version or "worker default")[:12], canary)
-    console.print(table)
+    console.print(rollout_table(rollout))
 
 
 @rollout_app.command("set")
@@ -147,7 +152,7 @@ def replay_(
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    table = Table("", "recorded", f"replayed under {policy.version[:12]}", title=f"replay of {report['decisions']} decisions")
+    table = Table("", "recorded", f"replayed under {short(policy.version)}", title=f"replay of {report['decisions']} decisions")
     table.add_row("estimated cost", report["recorded_cost"], report["replayed_cost"])
     table.add_row("rejected", str(report["recorded_rejected"]), str(report["replayed_rejected"]))
     console.print(table)

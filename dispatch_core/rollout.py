@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from dispatch_core.decision import Arm, Mode
 
 # The constraints below say in words what they allow, so the CLI can name it when it refuses a value.
-PolicyVersion = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="64 hex digits (a policy's SHA-256)")]
+POLICY_VERSION = r"[0-9a-f]{64}"
+PolicyVersion = Annotated[str, Field(pattern=f"^{POLICY_VERSION}$", description="64 hex digits (a policy's SHA-256)")]
 VersionPrefix = Annotated[
     str, Field(pattern=r"^[0-9a-f]{8,64}$", description="8 to 64 hex digits of a published policy version")
 ]

@@ -1,14 +1,17 @@
 """`dispatch policy` and `dispatch rollout` as a user runs them."""
 
-import json
-
 import asyncio
+import io
+import json
 
 import pytest
 import redis
+from rich.console import Console
 from typer.testing import CliRunner
 
 from dispatch_cli.main import app
+from dispatch_cli.policy import rollout_table
+from dispatch_core.rollout import Canary, Rollout, ServiceRollout
 from dispatch_core.policy import DEFAULT_POLICY_PATH, load_policy
 from dispatch_core.settings import get_settings
 from streams.topics import topic_configs
@@ -103,3 +106,17 @@ def test_rollout_set_with_valid_options_does_reach_redis(no_redis):
     res = runner.invoke(app, ["rollout", "set", "svc", "--version", "3e83d4ba", "--canary", "9f1c2d7e", "--percent", "10"])
     assert res.exit_code == 1
     assert len(res.output.splitlines()) == 1 and res.output.startswith("error: Redis unavailable")
+
+
+def test_rollout_show_shortens_versions_only_and_keeps_words_whole():
+    stable, canary = "3e83d4ba" + "0" * 56, "9f1c2d7e" + "1" * 56
+    rollout = Rollout(services={
+        "tarotscript": ServiceRollout(mode="shadow"),
+        "llm-gateway": ServiceRollout(version=stable, canary=Canary(version=canary, percent=12.5)),
+    })
+    out = io.StringIO()
+    Console(file=out, width=120).print(rollout_table(rollout))
+    rows = {line.split()[1]: line for line in out.getvalue().splitlines() if line.startswith("│")}
+    assert "worker default" in rows["(default)"] and "worker default" in rows["tarotscript"]
+    assert f"{stable[:12]} " in rows["llm-gateway"] and stable not in out.getvalue()
+    assert f"{canary[:12]} @ 12.5%" in rows["llm-gateway"]
