@@ -1,9 +1,15 @@
-"""Console output and the one place CLI commands turn project errors into exit codes."""
+"""Console output and the one place CLI commands turn project errors into exit codes.
+
+On a terminal the output is rich (colour, tables fitted to the window). Anywhere else (piped,
+redirected, in CI) it is plain text: no colour or control codes, and no line is ever wrapped,
+so hashes and topic names stay whole on their line for grep and copy-paste.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, NoReturn, TypeVar, get_args, get_origin
@@ -19,8 +25,21 @@ from dispatch_core.rollout import POLICY_VERSION
 from dispatch_core.settings import Settings, get_settings
 from stack.errors import ServiceFailed
 
-console = Console()
-errors = Console(stderr=True)
+#: Plain output's width: wider than any line a command prints, so rich never wraps one.
+PLAIN_WIDTH = 100_000
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich on a terminal; plain and unwrapped on anything else (decided once, as a process starts)."""
+    if (sys.stderr if stderr else sys.stdout).isatty():
+        return Console(stderr=stderr)
+    # explicit, so FORCE_COLOR / TTY_COMPATIBLE / COLUMNS in a CI environment cannot turn it back on
+    return Console(stderr=stderr, force_terminal=False, force_interactive=False, color_system=None,
+                   width=PLAIN_WIDTH, soft_wrap=True)
+
+
+console = _console()
+errors = _console(stderr=True)
 
 T = TypeVar("T")
 
