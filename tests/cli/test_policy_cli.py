@@ -3,20 +3,30 @@
 import asyncio
 import io
 import json
+from pathlib import Path
 
 import pytest
 import redis
+import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
 from dispatch_cli.main import app
 from dispatch_cli.policy import rollout_table
-from dispatch_core.rollout import Canary, Rollout, ServiceRollout
 from dispatch_core.policy import DEFAULT_POLICY_PATH, load_policy
+from dispatch_core.rollout import Canary, Rollout, ServiceRollout
 from dispatch_core.settings import get_settings
 from streams.topics import topic_configs
 
 runner = CliRunner()
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_output(command: str) -> list[str]:
+    """The lines README.md shows as the output of ``$ command`` in a console block."""
+    text, head = README.read_text(), f"```console\n$ {command}\n"
+    start = text.index(head) + len(head)
+    return text[start:text.index("```", start)].splitlines()
 
 
 def test_validate_and_hash_a_policy_file():
@@ -35,6 +45,16 @@ def test_an_invalid_policy_names_the_field_and_exits_1(tmp_path):
     assert result.exit_code == 1
     assert "classes.script" in result.output and "unknown tier 'turbo'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_readme_shows_exactly_what_policy_validate_prints(tmp_path, monkeypatch):
+    data = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
+    data["classes"]["llm"]["thresholds"][1]["tier"] = "huge"  # the README's example
+    (tmp_path / "my.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["policy", "validate", "my.yaml"])
+    assert res.exit_code == 1
+    assert res.output.splitlines() == readme_output("dispatch policy validate my.yaml")
 
 
 @pytest.fixture
