@@ -50,7 +50,10 @@ class EventSchema:
 def _load(name: str) -> EventSchema:
     raw = json.loads((_DIR / f"{name}.avsc").read_text())
     parsed = fastavro.parse_schema(raw)
-    # fastavro renders the 64-bit Rabin fingerprint as the hex of its little-endian bytes
+    # The spec's Parsing Canonical Form: logicalType, precision and scale are stripped, so a decimal
+    # is plain "bytes" (Java agrees). Apache avro-python 1.12 keeps {"type":"bytes"} there, so its own
+    # fingerprint differs; README "Audit stream" says what its readers do. fastavro renders the
+    # 64-bit Rabin fingerprint as the hex of its little-endian bytes.
     crc = bytes.fromhex(fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO"))
     return EventSchema(name, raw, parsed, crc)
 
