@@ -30,8 +30,11 @@ def executor(
     all_: Annotated[bool, typer.Option("--all", help="run every executor the policy names")] = False,
     capacity: Annotated[int, typer.Option(help="tasks in flight per executor")] = 16,
     latency_scale: Annotated[float, typer.Option(help="scale the simulated run time")] = 1.0,
+    instance: Annotated[str | None, typer.Option(
+        help="a stable name for this process (default: DISPATCH_WORKER_ID, else host:pid); after a crash "
+             "the process re-runs what it had claimed under it")] = None,
 ) -> None:
-    """Run example executors: consume their tier topics, simulate work, report cost and load."""
+    """Run example executors: consume their tier topics, claim and simulate work, report cost and load."""
     from workers.executor import run_executors
 
     settings = get_settings()
@@ -48,7 +51,8 @@ def executor(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_executors(settings, policy, chosen, capacity=capacity, latency_scale=latency_scale, stop=stop)
+        await run_executors(settings, policy, chosen, capacity=capacity, latency_scale=latency_scale, stop=stop,
+                            instance=instance or settings.worker_id)
 
     asyncio.run(main())
 

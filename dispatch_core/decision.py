@@ -37,6 +37,7 @@ class Trigger(StrEnum):
     FLAG = "flag"  # the service's adoption flag is off: routed as asked, unmanaged
     LEDGER_UNAVAILABLE = "ledger_unavailable"  # Redis unreachable: fail closed or open
     INVALID = "invalid"  # the task failed validation
+    CONFLICT = "conflict"  # the task id was decided before for other content: refused, never routed
 
 
 class Outcome(StrEnum):
@@ -54,6 +55,11 @@ def decision_id_for(service: str, task_id: str) -> str:
 def invalid_decision_id(service: str, task_id: str) -> str:
     """Id of the rejection of an invalid input: apart from the id a corrected resend will get."""
     return str(uuid.uuid5(DECISION_NAMESPACE, f"invalid/{service}/{task_id}"))
+
+
+def conflict_decision_id(service: str, task_id: str, task_hash: str) -> str:
+    """Id of the refusal of a reused task id: one per (task id, content), apart from the first decision's."""
+    return str(uuid.uuid5(DECISION_NAMESPACE, f"conflict/{service}/{task_id}/{task_hash}"))
 
 
 class BudgetState(BaseModel):
@@ -83,6 +89,8 @@ class Decision(BaseModel):
     decision_id: str
     task_id: str
     service: str
+    # Decisions stored before this field existed have none; every new one carries it.
+    task_hash: str | None = Field(default=None, description="Task.content_hash of what was decided; None if invalid")
     workload: WorkloadClass | None = Field(description="None only for an invalid task whose class was unreadable")
     task_type: str
     tenant: str | None

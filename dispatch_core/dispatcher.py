@@ -1,12 +1,16 @@
-"""Deciding a batch of tasks against the shared ledger: the engine with its I/O attached.
+"""The façade every stream and service calls: decisions, settlements, expiries and load, with I/O.
 
-Per batch: the state to decide on (the one the previous commit returned, if fresh enough,
+Per batch of tasks: the state to decide on (the one the previous commit returned, if fresh enough,
 else one Lua read of budgets, baselines, load and stored decisions), the pure engine for each
 task in order (each plan replayed on the snapshot so the next task sees it), one atomic Lua
 commit that also returns the state it left. A task whose reservation no longer fits because another worker spent
 first is re-decided on fresh state; a redelivered task gets its stored decision back.
+A reused task id with other content is refused as a conflict, with an id of its own.
 When Redis is unreachable the dispatcher fails closed (reject) or open (cheapest tier that
 meets the SLA), as configured, and says so in the record.
+
+Every ledger operation goes through here and comes back as a typed event (``Decision``,
+``SettlementEvent``), so callers never build ledger keys or events themselves.
 """
 
 from __future__ import annotations
@@ -14,18 +18,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from decimal import Decimal
+from typing import Any, Literal
 
 from dispatch_core.decision import Arm, Decision, Mode, Trigger, decision_id_for
-from dispatch_core.engine import Plan, Snapshot, apply_plan, decide, fallback, ledger_keys, reject
+from dispatch_core.engine import Plan, Snapshot, apply_plan, conflict, decide, fallback, invalid, ledger_keys, reject
 from dispatch_core.errors import LedgerUnavailable, PolicyError
 from dispatch_core.ledger import RedisLedger
 from dispatch_core.policy import Policy
 from dispatch_core.policy_store import PolicyStore
-from dispatch_core.rollout import arm_for
+from dispatch_core.rollout import Rollout, arm_for
+from dispatch_core.settlement import ExecutorReport, SettlementEvent, SettlementKind
 from dispatch_core.task import Task
 
 FailMode = Literal["closed", "open"]
@@ -88,8 +94,8 @@ class Dispatcher:
         t0 = time.perf_counter()
         now = self.clock()
         ids = {decision_id_for(t.service, t.task_id) for t in tasks}
+        routes = await self._routes(tasks)
         try:
-            routes = await self._routes(tasks)
             decisions = await self._decide(tasks, routes, now)
         except LedgerUnavailable as exc:
             if ids & self._uncertain:
@@ -97,7 +103,8 @@ class Dispatcher:
                 # decision could contradict it, so wait for Redis (the caller retries) instead
                 raise
             decisions = [
-                fallback(t, self.default_policy, now, fail_open=self.fail_mode == "open", reason=str(exc)) for t in tasks
+                fallback(t, r.policy, now, mode=r.mode, arm=r.arm, fail_open=self.fail_mode == "open", reason=str(exc))
+                for t, r in zip(tasks, routes, strict=True)
             ]
         self._uncertain -= ids
         latency_ms = (time.perf_counter() - t0) * 1000.0
@@ -134,7 +141,11 @@ class Dispatcher:
             self._cache.load, self._load_at = dict(snap.load), at
 
     async def _routes(self, tasks: Sequence[Task]) -> list[_Route]:
-        rollout = await self.store.rollout()
+        """Policy, mode and arm per task; with Redis down, what this process last knew (else defaults)."""
+        try:
+            rollout = await self.store.rollout()
+        except LedgerUnavailable:
+            rollout = Rollout()
         routes = []
         for task in tasks:
             svc = rollout.for_service(task.service)
@@ -145,6 +156,8 @@ class Dispatcher:
             except PolicyError as exc:  # pinned to a version this Redis does not hold: refuse, visibly
                 routes.append(_Route(self.default_policy, svc.mode, arm, missing=str(exc)))
                 continue
+            except LedgerUnavailable:  # never loaded here and Redis is down: deciding will fall back anyway
+                policy = self.default_policy
             routes.append(_Route(policy, svc.mode, arm))
         return routes
 
@@ -167,14 +180,18 @@ class Dispatcher:
                 self._remember(snap, with_load=True)
             planned: list[tuple[int, Plan]] = []
             for i, did in zip(pending, ids, strict=True):
-                if did in stored:
-                    results[i] = stored[did]
-                    continue
                 route = routes[i]
+                first = stored.get(did)
+                if first is not None and first.task_hash in (None, tasks[i].content_hash):
+                    results[i] = first  # a redelivery: its decision, and no second charge
+                    continue
                 plan = decide(
                     tasks[i], route.policy, snap, now, mode=route.mode, arm=route.arm,
                     reservation_ttl_s=self.reservation_ttl_s,
                 )
+                if first is not None:  # the id was decided for other content
+                    results[i] = conflict(plan.decision, first)
+                    continue
                 if route.missing:
                     d = reject(plan.decision, Trigger.POLICY, f"rejected: {route.missing}")
                     plan = dataclasses.replace(plan, decision=d, amount=0, charges=())
@@ -194,12 +211,73 @@ class Dispatcher:
                     results[i] = plan.decision
                 elif res.status == "dup":
                     results[i] = res.stored
+                elif res.status == "conflict":
+                    assert res.stored is not None
+                    results[i] = conflict(plan.decision, res.stored)
                 else:
                     pending.append(i)
             if not pending:
                 break
         assert all(r is not None for r in results), "every task ends with a decision"
         return [r for r in results if r is not None]
+
+    def reject_input(self, data: Mapping[str, Any] | None, error: str) -> Decision | None:
+        """The rejection recorded for an input that is not a valid task, when its task id is readable."""
+        if data is None or not isinstance(data.get("task_id"), str) or not data["task_id"]:
+            return None
+        return invalid(data, error, self.default_policy, self.clock())
+
+    def unreserved_scopes(self, decision: Decision, task: Task) -> list[str]:
+        """Budget keys a fail-open route's actual cost is charged to when reported (it reserved nothing)."""
+        if not decision.routed or Trigger.LEDGER_UNAVAILABLE not in decision.triggers or decision.mode != "enforce":
+            return []
+        policy = self.store.cached(decision.policy_version) or self.default_policy
+        return ledger_keys(policy, task, decision.decided_at)[0]
+
+    async def settle(self, report: ExecutorReport, source: str | None = None) -> SettlementEvent:
+        """One executor report -> one ledger settlement -> its audit event (see ``SettlementKind``).
+
+        ``source`` names the record the report came in (e.g. ``topic/partition/offset``): that
+        record redelivered gets its first settlement back (its event may not have been written),
+        any other record for a settled decision, even a copy of the same report, is a
+        ``duplicate``. Without one, the report's own identity decides.
+        """
+        if report.outcome == "duplicate":  # the executor did not run it again: nothing to settle
+            kind, reserved, scopes, currency = SettlementKind.SKIPPED, Decimal(0), [], None
+        else:
+            s = await self.ledger.settle(report.decision_id, report.actual, source or report.identity,
+                                         report.charge_scopes)
+            kind, reserved, scopes, currency = SettlementKind(s.kind), s.reserved, s.scopes, s.currency
+        return SettlementEvent(
+            decision_id=report.decision_id, kind=kind, task_id=report.task_id, service=report.service,
+            executor=report.executor, currency=currency or report.currency or self.default_policy.currency,
+            reserved=reserved, actual=report.actual, scopes=scopes, run_ms=report.run_ms,
+            dispatch_ms=report.dispatch_ms, report_id=report.identity, recorded_at=self.clock(),
+        )
+
+    async def expire_overdue(self, lease_s: float = 30.0) -> list[SettlementEvent]:
+        """Reservations nobody settled in time, now presumed spent: their events, still to be written.
+
+        Call ``recorded`` with them once written; an expiry whose event is never confirmed is
+        handed out again after ``lease_s`` (to this worker or another).
+        """
+        now = self.clock()
+        return [
+            SettlementEvent(
+                decision_id=e.decision_id, kind=SettlementKind.EXPIRED, task_id=e.task_id, service=e.service,
+                executor=e.executor, currency=e.currency or self.default_policy.currency, reserved=e.amount,
+                actual=None, scopes=e.scopes, run_ms=None, dispatch_ms=None, report_id=None, recorded_at=now,
+            )
+            for e in await self.ledger.expire_overdue(now, lease_s=lease_s)
+        ]
+
+    async def recorded(self, events: Sequence[SettlementEvent]) -> None:
+        """These expiry events are on the audit stream: stop handing them out."""
+        await self.ledger.recorded([e.decision_id for e in events if e.kind == SettlementKind.EXPIRED])
+
+    async def report_load(self, executor: str, saturation: float, at: datetime) -> None:
+        """An executor's saturation (0..1), for the ``load`` trigger of every worker."""
+        await self.ledger.report_load(executor, saturation, at)
 
 
 def _contention_reject(plan: Plan) -> Plan:

@@ -30,6 +30,7 @@ from dispatch_core.decision import (
     Mode,
     Outcome,
     Trigger,
+    conflict_decision_id,
     decision_id_for,
     invalid_decision_id,
 )
@@ -328,7 +329,7 @@ def decide(
     amount = to_micros(estimate(cls.tiers[assigned], task)) if assigned is not None and mode != "off" else 0
     est_asked = estimate(cls.tiers[asked if asked is not None else mapped], task)
     decision = Decision(
-        decision_id=decision_id_for(task.service, task.task_id),
+        decision_id=decision_id_for(task.service, task.task_id), task_hash=task.content_hash,
         task_id=task.task_id, service=task.service, workload=task.workload, task_type=task.task_type,
         tenant=task.tenant, outcome=_outcome(asked, assigned), mode=mode, canary_arm=arm,
         policy_version=policy.version, policy_name=policy.name, rule_id=rule_id,
@@ -375,25 +376,53 @@ def reject(decision: Decision, trigger: Trigger, reason: str) -> Decision:
     })
 
 
-def fallback(task: Task, policy: Policy, now: datetime, *, fail_open: bool, reason: str) -> Decision:
+def conflict(planned: Decision, stored: Decision) -> Decision:
+    """The refusal of a task whose id was already decided (``stored``) for other content.
+
+    It gets an id of its own (the first decision keeps its id, money and route) and reserves
+    nothing; the input is dead-lettered by the caller, never routed.
+    """
+    refused = reject(planned, Trigger.CONFLICT, (
+        f"task id {planned.task_id!r} was already decided as {stored.decision_id} for other content "
+        f"(hash {(stored.task_hash or 'unknown')[:12]}, this one {(planned.task_hash or '')[:12]}): refused"))
+    return refused.model_copy(update={
+        "decision_id": conflict_decision_id(planned.service, planned.task_id, planned.task_hash or ""),
+    })
+
+
+def fallback(task: Task, policy: Policy, now: datetime, *, mode: Mode = "enforce", arm: Arm = "stable",
+             fail_open: bool, reason: str) -> Decision:
     """A decision made without the ledger (Redis unreachable), recorded as such.
 
-    Fail closed rejects. Fail open routes to the cheapest tier that meets the SLA, unreserved:
-    nothing is held against the budgets, and the actual cost is charged when it is reported.
+    A service in shadow or off mode is routed as asked, as always: an outage must not change
+    what an adopter that enforces nothing sees. Enforced, fail closed rejects; fail open routes
+    to the cheapest tier that meets the SLA, unreserved: nothing is held against the budgets,
+    and the actual cost is charged when it is reported.
     """
     base = decide(task, policy, Snapshot(), now, mode="off").decision  # classification only
-    base = base.model_copy(update={"mode": "enforce", "triggers": [], "budgets": []})
+    unavailable = f"ledger unavailable ({reason})"
+    classified = f"complexity {base.complexity_score:.3f} maps to {base.asked_tier} ({base.rule_id})"
+    if mode == "off":
+        return base.model_copy(update={
+            "canary_arm": arm, "triggers": [Trigger.FLAG, Trigger.LEDGER_UNAVAILABLE],
+            "rationale": f"{base.rationale}; {unavailable}: nothing recorded in the ledger"})
+    base = base.model_copy(update={"mode": mode, "canary_arm": arm, "triggers": [], "budgets": [],
+                                   "rationale": classified})
+    if mode == "shadow":
+        return base.model_copy(update={
+            "enforced_tier": None, "triggers": [Trigger.LEDGER_UNAVAILABLE, Trigger.SHADOW],
+            "rationale": f"{classified}; {unavailable}: nothing enforced; shadow mode: routed as asked"})
     cls = policy.classes[task.workload]
     cheapest = next((i for i, t in enumerate(cls.tiers) if t.p95_ms <= task.effective_sla_ms), None)
     if not fail_open or cheapest is None:
         why = "fail-closed" if not fail_open else "fail-open, but no tier meets the SLA"
-        return reject(base, Trigger.LEDGER_UNAVAILABLE, f"ledger unavailable ({reason}); {why}: rejected")
+        return reject(base, Trigger.LEDGER_UNAVAILABLE, f"{unavailable}; {why}: rejected")
     tier = cls.tiers[cheapest]
     return base.model_copy(update={
         "assigned_tier": tier.name, "enforced_tier": tier.name, "executor": tier.executor,
         "executor_p95_ms": tier.p95_ms, "outcome": _outcome(cls.index(base.asked_tier or ""), cheapest),
         "estimate_assigned": estimate(tier, task), "reserved": Decimal(0), "triggers": [Trigger.LEDGER_UNAVAILABLE],
-        "rationale": f"{base.rationale}; ledger unavailable ({reason}); fail-open: cheapest tier meeting "
+        "rationale": f"{classified}; {unavailable}; fail-open: cheapest tier meeting "
                      f"the SLA, {tier.name}, unreserved (charged when its actual cost is reported)",
     })
 

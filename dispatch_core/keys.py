@@ -1,7 +1,7 @@
 """Every Redis key dispatch-core writes, in one place (prefix ``dc:``).
 
-The Lua scripts in ``lua/`` build the decision, reservation, open-reservation and load keys
-from the same prefixes; change them together.
+The Lua scripts in ``lua/`` build the decision, reservation, open-reservation, unrecorded-expiry,
+claim and load keys from the same prefixes; change them together.
 """
 
 from __future__ import annotations
@@ -10,10 +10,15 @@ PREFIX = "dc:"
 ROLLOUT = f"{PREFIX}rollout"                   # JSON: per-service mode / pinned version / canary
 LOAD = f"{PREFIX}load"                         # hash: executor -> JSON {saturation, at}
 OPEN_RESERVATIONS = f"{PREFIX}resv:open"       # zset: decision id scored by expiry (ms)
+UNRECORDED_EXPIRIES = f"{PREFIX}resv:unrecorded"  # zset: expired reservations whose event is not yet written
 
 
 def budget(budget_id: str, scope: str, window_id: str) -> str:
-    """Hash {spent, reserved, trend} of one budget scope in one window (micro-units)."""
+    """Hash {spent, reserved, presumed, trend} of one budget scope in one window (micro-units).
+
+    ``presumed`` is the part of ``spent`` that is the estimate of an expired reservation, kept
+    until a late settlement replaces it with the actual cost.
+    """
     return f"{PREFIX}budget:{budget_id}:{scope}:{window_id}"
 
 
@@ -28,10 +33,18 @@ def decision(decision_id: str) -> str:
 
 
 def reservation(decision_id: str) -> str:
-    """Hash {amt, scopes, status, actual}: the money one decision holds against its budgets."""
+    """Hash {amt, scopes, status, cur, actual, kind, rid}: the money one decision holds, and its settlement.
+
+    status: reserved -> settled, or reserved -> expired (presumed spent) -> settled (late).
+    """
     return f"{PREFIX}resv:{decision_id}"
 
 
 def policy(version: str) -> str:
     """Canonical JSON of a published, immutable policy version."""
     return f"{PREFIX}policy:{version}"
+
+
+def claim(decision_id: str) -> str:
+    """An executor's claim on a routed task: ``run:<owner>`` while leased, ``done`` once it ran."""
+    return f"{PREFIX}claim:{decision_id}"

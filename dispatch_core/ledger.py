@@ -23,9 +23,8 @@ from dispatch_core import keys
 from dispatch_core.classify import Baseline
 from dispatch_core.decision import Decision
 from dispatch_core.engine import LoadReport, Plan, ScopeState, Snapshot
-from dispatch_core.redis_io import guarded
 from dispatch_core.money import from_micros, to_micros
-
+from dispatch_core.redis_io import guarded
 
 
 def _lua(name: str) -> str:
@@ -36,27 +35,32 @@ def _lua(name: str) -> str:
 class CommitResult:
     """What the ledger did with one planned decision."""
 
-    status: Literal["ok", "dup", "over"]
-    stored: Decision | None = None  # the first decision, when status is "dup"
+    status: Literal["ok", "dup", "conflict", "over"]
+    stored: Decision | None = None  # the first decision of this task id, when status is "dup" or "conflict"
 
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """The result of settling one reservation with its actual cost."""
+    """What settling one report did in the ledger (see settle.lua for the kinds)."""
 
-    decision_id: str
-    status: Literal["settled", "late", "unreserved", "dup", "unknown"]
+    kind: Literal["settled", "settled_late", "unreserved", "duplicate"]
     reserved: Decimal
-    actual: Decimal
+    actual: Decimal  # what this settlement charged (0 for a duplicate)
     scopes: list[str]
+    currency: str | None  # the decision's currency, when it reserved anything
 
 
 @dataclass(frozen=True, slots=True)
-class Release:
-    """A reservation released because it was never settled in time."""
+class Expiry:
+    """A reservation no report settled in time: its estimate now counts as presumed spend."""
 
     decision_id: str
     amount: Decimal
+    scopes: list[str]
+    currency: str | None
+    task_id: str | None
+    service: str | None
+    executor: str | None
 
 
 #: A budget key that settlement has to create (its window's key was gone) lives this long: longer
@@ -85,7 +89,7 @@ class RedisLedger:
         self.decision_ttl_ms = int(decision_ttl_s * 1000)
         self._commit = redis.register_script(_lua("commit"))
         self._settle = redis.register_script(_lua("settle"))
-        self._release = redis.register_script(_lua("release"))
+        self._expire = redis.register_script(_lua("expire"))
         self._snapshot = redis.register_script(_lua("snapshot"))
 
     @classmethod
@@ -132,6 +136,9 @@ class RedisLedger:
             items.append(
                 {
                     "d": plan.decision.decision_id,
+                    "h": plan.decision.task_hash,
+                    "cur": plan.decision.currency,
+                    "who": [plan.decision.task_id, plan.decision.service, plan.decision.executor or ""],
                     "rec": plan.decision.model_dump_json(),
                     "ttl": self.decision_ttl_ms,
                     "amt": plan.amount,
@@ -150,26 +157,41 @@ class RedisLedger:
         n = 2 * len(items)
         out = []
         for status, stored in zip(reply[0:n:2], reply[1:n:2], strict=True):
-            out.append(CommitResult(status, Decision.model_validate_json(stored) if status == "dup" else None))
+            out.append(CommitResult(status, Decision.model_validate_json(stored) if stored else None))
         return out, _state(reply[n:], scopes, baselines)
 
-    async def settle(self, decision_id: str, actual: Decimal, charge_scopes: Sequence[str] = ()) -> Settlement:
-        """Settle a decision with its actual cost; a repeated settlement changes nothing.
+    async def settle(self, decision_id: str, actual: Decimal, identity: str, charge_scopes: Sequence[str] = ()) -> Settlement:
+        """Settle a decision with its actual cost, once: see settle.lua for what each kind means.
 
+        ``identity`` names the report (or the record it came in): the same again gets its first
+        settlement back, anything else for a settled decision is a ``duplicate`` that charges nothing.
         ``charge_scopes``: the budget keys to charge when the decision held no reservation
         (fail-open during a Redis outage), so that spend still reaches the caps.
         """
         args: list[str | int] = [
             decision_id, to_micros(actual), json.dumps(list(charge_scopes)), self.decision_ttl_ms, BUDGET_KEY_MAX_TTL_MS,
+            identity,
         ]
-        status, amt, scopes = await guarded(lambda: self._settle(args=args))
-        return Settlement(decision_id, status, from_micros(int(amt)), actual, json.loads(scopes) if scopes != "{}" else [])
+        kind, amt, scopes, charged, currency = await guarded(lambda: self._settle(args=args))
+        return Settlement(kind, from_micros(int(amt)), from_micros(int(charged)), json.loads(scopes) if scopes != "{}" else [],
+                          currency or None)
 
-    async def release_expired(self, now: datetime, limit: int = 500) -> list[Release]:
-        """Release reservations whose settlement never came before their expiry."""
+    async def expire_overdue(self, now: datetime, limit: int = 500, lease_s: float = 30.0) -> list[Expiry]:
+        """Expire reservations not settled in time; return the expiries whose events are still to write.
+
+        Call ``recorded`` once their events are written; until then each is handed to one caller
+        per ``lease_s``, so a worker that dies in between leaves them to the next one.
+        """
         now_ms = int(now.timestamp() * 1000)
-        reply = await guarded(lambda: self._release(args=[now_ms, limit]))
-        return [Release(d, from_micros(int(a))) for d, a in zip(reply[0::2], reply[1::2], strict=True)]
+        reply = await guarded(lambda: self._expire(args=[now_ms, limit, int(lease_s * 1000)]))
+        return [Expiry(d, from_micros(int(a)), json.loads(sc) if sc != "{}" else [], cur or None, tid or None,
+                       svc or None, ex or None)
+                for d, a, sc, cur, tid, svc, ex in zip(*(reply[i::7] for i in range(7)), strict=True)]
+
+    async def recorded(self, decision_ids: Sequence[str]) -> None:
+        """The events of these expiries are written: stop handing them out."""
+        if decision_ids:
+            await guarded(lambda: self.redis.zrem(keys.UNRECORDED_EXPIRIES, *decision_ids))
 
     async def report_load(self, executor: str, saturation: float, at: datetime | None = None) -> None:
         """Record an executor's saturation (0..1) for the ``load`` trigger."""
@@ -181,3 +203,7 @@ class RedisLedger:
         """One budget scope's current state (for reports and tests)."""
         spent, reserved, trend = await guarded(lambda: self.redis.hmget(key, "spent", "reserved", "trend"))
         return ScopeState(int(spent or 0), int(reserved or 0), trend == "1")
+
+    async def presumed(self, key: str) -> int:
+        """The part of a scope's spend that is presumed (expired estimates not yet settled), micro-units."""
+        return int(await guarded(lambda: self.redis.hget(key, "presumed")) or 0)

@@ -35,8 +35,8 @@ class Tier(BaseModel):
 
     model_config = _FROZEN
 
-    name: str = Field(pattern=_NAME)
-    executor: str = Field(pattern=_NAME, description="executor name; its Kafka topic derives from it")
+    name: str = Field(pattern=_NAME, max_length=100)
+    executor: str = Field(pattern=_NAME, max_length=100, description="executor name; its Kafka topic derives from it")
     base_price: Decimal = Field(ge=0, le=MAX_PRICE, decimal_places=6)
     unit_price: Decimal = Field(ge=0, le=MAX_PRICE, decimal_places=6)
     p95_ms: float = Field(gt=0, description="expected p95 latency of the executor")
@@ -139,7 +139,7 @@ class Budget(BaseModel):
 
     model_config = _FROZEN
 
-    id: str = Field(pattern=_NAME)
+    id: str = Field(pattern=_NAME, max_length=100)
     scope: Literal["global", "service", "tenant"]
     match: str | None = None
     workload: WorkloadClass | None = None
@@ -201,7 +201,8 @@ class Policy(BaseModel):
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     classes: dict[WorkloadClass, ClassPolicy]
     rules: list[Rule] = Field(default_factory=list)
-    budgets: list[Budget] = Field(default_factory=list)
+    # at most 32, with ids of at most 100 characters: what a routed task carries stays small
+    budgets: list[Budget] = Field(default_factory=list, max_length=32)
     triggers: Triggers = Field(default_factory=Triggers)
 
     @model_validator(mode="after")

@@ -13,13 +13,12 @@ from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 
 from dispatch_core import keys
-from dispatch_core.errors import PolicyError
-from dispatch_core.redis_io import guarded
+from dispatch_core.errors import LedgerUnavailable, PolicyError
 from dispatch_core.policy import Policy, policy_from_canonical
+from dispatch_core.redis_io import guarded
 from dispatch_core.rollout import Rollout, VersionPrefix
 
 _PREFIX: TypeAdapter[str] = TypeAdapter(VersionPrefix)
-
 
 class PolicyStore:
     """Policy versions and per-service rollout, shared by every worker through Redis."""
@@ -69,10 +68,23 @@ class PolicyStore:
     async def _versions_starting(self, prefix: str) -> list[str]:
         return [k.removeprefix(keys.policy("")) async for k in self.redis.scan_iter(match=keys.policy(prefix) + "*")]
 
+    def cached(self, version: str) -> Policy | None:
+        """A version this process has already loaded, without asking Redis."""
+        return self._policies.get(version)
+
     async def rollout(self) -> Rollout:
-        """The current rollout, re-read at most every ``rollout_refresh_s``."""
+        """The current rollout, re-read at most every ``rollout_refresh_s``.
+
+        While Redis is unreachable the last rollout read is kept (a shadow service must stay in
+        shadow through an outage); with none read yet, LedgerUnavailable.
+        """
         if self._rollout is None or time.monotonic() - self._rollout_at >= self.rollout_refresh_s:
-            text = await guarded(lambda: self.redis.get(keys.ROLLOUT))
+            try:
+                text = await guarded(lambda: self.redis.get(keys.ROLLOUT))
+            except LedgerUnavailable:
+                if self._rollout is None:
+                    raise
+                return self._rollout
             self._rollout = Rollout.model_validate_json(text) if text else Rollout()
             self._rollout_at = time.monotonic()
         return self._rollout

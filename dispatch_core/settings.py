@@ -66,12 +66,33 @@ class Settings(BaseSettings):
     decision_ttl_s: float = 6 * 3600.0  # how long a redelivery gets its stored decision back (~2 KB each)
     redis_timeout_s: float = 0.5
 
+    # --- inputs ---------------------------------------------------------------------
+    # A task larger than this is dead-lettered by size and hash. 1 MiB (the producer's default
+    # max_request_size and about the broker's message.max.bytes) minus 64 KiB: the routed
+    # envelope (task + decision fields, < 8 KiB) and a dead letter (input + < 3 KiB of headers)
+    # always fit; the worker checks this against its topics at start-up.
+    max_task_bytes: int = 983_040
+    max_task_depth: int = 64  # JSON nesting of a task, payload included
+
     # --- the worker -----------------------------------------------------------------
     app_id: str = "dispatch-core"
+    # A stable name per worker process (e.g. its pod name): with it, a restarted worker rejoins
+    # its consumer group at once with its old partitions (static membership), instead of after
+    # a rebalance. Unset: dynamic membership.
+    worker_id: str | None = None
+    session_timeout_s: float = 10.0  # how long the group waits for a silent worker before moving its partitions
     metrics_port: int = 9464
     batch_size: int = 200
     batch_within_s: float = 0.005
-    commit_interval_s: float = 0.5  # how often the worker commits the offsets of handled batches
+    commit_interval_s: float = 0.5  # how often Faust commits offsets it tracks (the load topic)
+    # exactly_once: each batch's outputs and input offsets in one Kafka transaction (readers use
+    # read_committed); at_least_once: offsets committed right after the outputs are acknowledged
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    transaction_timeout_s: float = 10.0  # an abandoned transaction is aborted by the broker after this
+    producer_linger_ms: int = 2
+    producer_close_timeout_s: float = 5.0
+    max_attempts: int = 3  # tries of a failing record before it is dead-lettered as poison
+    retry_max_delay_s: float = 5.0  # backoff cap while Redis or the broker is unavailable
 
     def as_env(self) -> dict[str, str]:
         """These settings as DISPATCH_* variables, to hand to a child process."""

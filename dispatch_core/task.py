@@ -6,7 +6,10 @@ must be non-negative) and leaves ``payload`` untouched: it is the producer's, pa
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -76,21 +79,58 @@ class Task(BaseModel):
         """The task's own SLA, or its class default."""
         return self.sla_ms if self.sla_ms is not None else DEFAULT_SLA_MS[self.workload]
 
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of what the task asks for: every field but ``created_at``, in canonical JSON.
 
-def parse_task(raw: bytes | str | dict[str, Any]) -> Task:
-    """Validate a task from JSON (bytes/str) or a dict; raise TaskError with a readable reason.
+        A task id is one task: the decision store keeps this hash, so a redelivery (same hash)
+        gets its decision back and the same id with other content is refused as a conflict.
+        ``created_at`` is left out because a producer that re-sends a task stamps it anew.
+        (Not cached: ``model_copy(update=...)`` would carry a cached hash over to other content.)
+        """
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"created_at"}), sort_keys=True,
+                               separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
-    The task id is recovered from the raw input where possible so that even an invalid task
-    can get a ``rejected`` provenance event.
+
+@dataclass(frozen=True, slots=True)
+class InputLimits:
+    """Bounds checked on a raw input before any JSON work, so no record can exhaust the parser."""
+
+    max_bytes: int = 983_040  # 960 KiB: the routed envelope and the dead letter stay under 1 MiB
+    max_depth: int = 64  # nesting of arrays and objects, payload included
+
+
+#: A JSON string (skipped whole, escapes included) or a bracket: what the depth scan looks at.
+_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def json_depth_exceeds(text: str, max_depth: int) -> bool:
+    """True if ``text`` nests arrays/objects deeper than ``max_depth`` (brackets in strings don't count).
+
+    Linear and iterative, unlike a recursive parser on 100k ``[``; stops at the first excess.
     """
-    data: Any = raw
-    if isinstance(raw, (bytes, str)):
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise TaskError(f"task is not valid JSON: {exc}") from exc
+    if text.count("[") + text.count("{") <= max_depth:
+        return False
+    depth = 0
+    for match in _STRING_OR_BRACKET.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > max_depth:
+                return True
+        elif token in "]}":
+            depth -= 1
+    return False
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _validate(data: Any) -> Task:
     if not isinstance(data, dict):
-        raise TaskError(f"task must be a JSON object, got {type(data).__name__}")
+        raise TaskError(f"task must be a JSON object, got {type(data).__name__}", reason="not_object")
     try:
         return Task.model_validate(data)
     except ValidationError as exc:
@@ -98,4 +138,39 @@ def parse_task(raw: bytes | str | dict[str, Any]) -> Task:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'task'}: {err['msg']}" for err in exc.errors()
         )
-        raise TaskError(f"invalid task: {problems}", task_id if isinstance(task_id, str) else None) from exc
+        raise TaskError(f"invalid task: {problems}", task_id if isinstance(task_id, str) else None,
+                        fields=data) from exc
+
+
+def read_task(value: bytes | None, limits: InputLimits = InputLimits()) -> tuple[Task, str]:
+    """A task from a raw record value, checked in order of cost: presence, size, UTF-8, depth, JSON.
+
+    Returns the task and the input's text (what executors receive, byte for byte). Raises
+    TaskError whose ``reason`` says which check failed; nothing here can raise anything else.
+    """
+    if value is None:
+        raise TaskError("record has no value (a tombstone): a task must be a JSON object", reason="null_value")
+    if len(value) > limits.max_bytes:
+        raise TaskError(f"task is {len(value)} bytes, over the {limits.max_bytes}-byte limit", reason="too_large")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"task is not UTF-8: {exc.reason} at byte {exc.start}", reason="not_utf8") from exc
+    if json_depth_exceeds(text, limits.max_depth):
+        raise TaskError(f"task nests deeper than {limits.max_depth} levels", reason="too_deep")
+    try:
+        data = json.loads(text, parse_constant=_no_constants)
+    except ValueError as exc:
+        raise TaskError(f"task is not valid JSON: {exc}", reason="not_json") from exc
+    return _validate(data), text
+
+
+def parse_task(raw: bytes | str | dict[str, Any], limits: InputLimits = InputLimits()) -> Task:
+    """Validate a task from JSON (bytes/str) or a dict; raise TaskError with a readable reason.
+
+    The task id is recovered from the raw input where possible so that even an invalid task
+    can get a ``rejected`` provenance event.
+    """
+    if isinstance(raw, dict):
+        return _validate(raw)
+    return read_task(raw.encode() if isinstance(raw, str) else raw, limits)[0]

@@ -6,7 +6,9 @@ schema + the Avro body (the Avro spec's single-object encoding), so any reader h
 The fingerprint is also sent as a Kafka header (``avro.fingerprint``, hex).
 
 Writing is strict: a record missing a field, or with a wrong type, raises ``AuditEncodingError``
-instead of being written.
+instead of being written. Events are always written with the current schema; every earlier
+version is kept in ``history/`` and decoded by its own fingerprint, then resolved to the
+current schema (fields added since get their defaults), so readers see one shape.
 """
 
 from __future__ import annotations
@@ -41,26 +43,36 @@ class EventSchema:
     raw: dict[str, Any]
     parsed: Any
     fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO
+    version: int  # history/<name>.v<n>.avsc holds version n; the current one is the next
 
     @property
     def fingerprint_hex(self) -> str:
         return self.fingerprint.hex()
 
 
-def _load(name: str) -> EventSchema:
-    raw = json.loads((_DIR / f"{name}.avsc").read_text())
+def _load(name: str, path: Path, version: int) -> EventSchema:
+    raw = json.loads(path.read_text())
     parsed = fastavro.parse_schema(raw)
     # The spec's Parsing Canonical Form: logicalType, precision and scale are stripped, so a decimal
     # is plain "bytes" (Java agrees). Apache avro-python 1.12 keeps {"type":"bytes"} there, so its own
     # fingerprint differs; README "Audit stream" says what its readers do. fastavro renders the
     # 64-bit Rabin fingerprint as the hex of its little-endian bytes.
     crc = bytes.fromhex(fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO"))
-    return EventSchema(name, raw, parsed, crc)
+    return EventSchema(name, raw, parsed, crc, version)
 
 
-DECISION = _load("decision")
-SETTLEMENT = _load("settlement")
-SCHEMAS = {s.fingerprint: s for s in (DECISION, SETTLEMENT)}
+def _versions(name: str) -> list[EventSchema]:
+    """Every version of one event's schema, oldest first; the last is the current one."""
+    old = sorted(_DIR.joinpath("history").glob(f"{name}.v*.avsc"), key=lambda p: int(p.stem.rsplit(".v", 1)[1]))
+    return [_load(name, p, i) for i, p in enumerate([*old, _DIR / f"{name}.avsc"], start=1)]
+
+
+_ALL = _versions("decision") + _versions("settlement")
+DECISION = max((s for s in _ALL if s.name == "decision"), key=lambda s: s.version)
+SETTLEMENT = max((s for s in _ALL if s.name == "settlement"), key=lambda s: s.version)
+CURRENT = {s.name: s for s in (DECISION, SETTLEMENT)}
+#: Every schema version an audit event may have been written with, by fingerprint.
+SCHEMAS = {s.fingerprint: s for s in _ALL}
 
 
 def _plain(value: Any) -> Any:
@@ -86,15 +98,17 @@ def encode(schema: EventSchema, record: dict[str, Any]) -> bytes:
 
 
 def decode(data: bytes) -> tuple[EventSchema, dict[str, Any]]:
-    """Decode a single-object encoded event, choosing the schema by its fingerprint."""
+    """Decode a single-object encoded event: the writer's schema by its fingerprint, read as the current one."""
     if data[:2] != MAGIC or len(data) < 10:
         raise AuditEncodingError("not an Avro single-object encoded event")
-    schema = SCHEMAS.get(data[2:10])
-    if schema is None:
+    writer = SCHEMAS.get(data[2:10])
+    if writer is None:
         raise AuditEncodingError(f"unknown schema fingerprint {data[2:10].hex()}")
-    record = fastavro.schemaless_reader(io.BytesIO(data[10:]), schema.parsed)
+    current = CURRENT[writer.name]
+    record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer.parsed,
+                                        None if writer is current else current.parsed)
     assert isinstance(record, dict)
-    return schema, record
+    return current, record
 
 
 def headers(schema: EventSchema, kind: str) -> list[tuple[str, bytes]]:

@@ -1,10 +1,15 @@
-"""The Faust app: agents on the task, cost-feedback and load topics, and the release timer.
+"""The Faust app: agents on the task, executor-report and load topics, and the expiry timer.
 
 Faust is imported only here (it has import-time side effects). Settings chosen on purpose:
 topics are created by dispatch-core (``topic_allow_declare=False``), no leader topic, no web
 server (metrics come from prometheus-client), agent concurrency 1 (faust#606: with more,
 offsets can be committed past unprocessed events), values as raw bytes so a malformed task
 reaches our dead-letter handling instead of crashing a codec.
+
+Offsets of the task and report topics are not Faust's to commit (``acks=False``): the
+pipeline commits each batch's offsets with its outputs (``streams.outputs``), in the same
+Kafka transaction by default. Faust still commits the load topic, where losing or repeating
+a saturation report does no harm.
 """
 
 from __future__ import annotations
@@ -12,18 +17,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
 
 from dispatch_core.dispatcher import Dispatcher
 from dispatch_core.ledger import RedisLedger
 from dispatch_core.policy import load_policy
 from dispatch_core.policy_store import PolicyStore
 from dispatch_core.settings import Settings
-from streams.outputs import Outputs
-from streams.pipeline import Incoming, Pipeline, until_done
+from streams.dlq import Incoming
+from streams.outputs import KafkaOutputs
+from streams.pipeline import Pipeline
 from streams.topics import topic_specs
 
 log = logging.getLogger(__name__)
@@ -32,8 +39,9 @@ log = logging.getLogger(__name__)
 class Runtime:
     """The worker's connections, opened once on first use and closed on shutdown."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, app: faust.App) -> None:
         self.settings = settings
+        self.app = app
         self._pipeline: Pipeline | None = None
         self._lock = asyncio.Lock()
 
@@ -48,38 +56,55 @@ class Runtime:
                     snapshot_max_age_s=s.snapshot_max_age_s,
                 )
                 await dispatcher.start()
-                self._pipeline = Pipeline(dispatcher, await Outputs.start(s))
-                log.info("dispatch-core worker ready: policy %s", dispatcher.default_policy.version[:12])
+                outputs = KafkaOutputs(s, group_id=s.app_id, commit=self._commit)
+                self._pipeline = Pipeline(dispatcher, outputs, s, worker=s.worker_id or f"pid-{os.getpid()}")
+                log.info("dispatch-core worker ready: policy %s, %s", dispatcher.default_policy.version[:12],
+                         s.processing_guarantee)
             return self._pipeline
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """At-least-once: commit input offsets through Faust's consumer (its group membership).
+
+        ``_commit`` is the transport consumer's commit of explicit offsets: Faust's public
+        ``commit()`` only commits what its own acks tracked, and these topics have none.
+        """
+        consumer: Any = self.app.consumer
+        await consumer._commit(offsets)
 
     async def close(self) -> None:
         if self._pipeline is not None:
             await self._pipeline.outputs.stop()
-            await self._pipeline.ledger.close()
+            await self._pipeline.dispatcher.ledger.close()
             self._pipeline = None
 
 
 def _incoming(events: Any) -> list[Incoming]:
-    return [Incoming(e.value, e.message.topic, e.message.partition, e.message.offset) for e in events]
+    return [Incoming(e.message.value, e.message.topic, e.message.partition, e.message.offset, e.message.key,
+                     int(e.message.timestamp * 1000) if e.message.timestamp else None) for e in events]
 
 
 async def _drain(stream: Any, handle: Callable[[list[Incoming]], Awaitable[None]], size: int, within_s: float) -> None:
-    """Hand the stream to ``handle`` batch by batch; a batch's offsets may be committed only once handled.
+    """Hand the stream to ``handle`` batch by batch.
 
-    ``take_events`` acks a batch as soon as the loop leaves it, finished or not. So if a
-    batch cannot be finished (a bug, or cancellation mid-batch at shutdown) the process
-    exits on the spot instead, before anything commits: the batch is redelivered, and since
-    handling is idempotent the redelivery yields the same decisions and no second charge.
+    ``handle`` returns only once the batch is written and committed (or left to a partition's
+    new owner); it raises only on cancellation (shutdown: the uncommitted batch is simply
+    redelivered) or a bug in its own error handling, where the process exits on the spot so
+    that nothing unknown is committed after it.
     """
     async for events in stream.take_events(size, within=within_s):
-        batch = _incoming(events)
         try:
-            await until_done(handle, batch)
+            await handle(_incoming(events))
+        except asyncio.CancelledError:
+            raise
         except BaseException:
-            log.critical("a batch of %d from %s was not handled: exiting so it is redelivered", len(batch),
-                         batch[0].topic if batch else "?", exc_info=True)
+            log.critical("a batch of %d could not be handled: exiting so it is redelivered", len(events),
+                         exc_info=True)
             logging.shutdown()
             os._exit(70)
+
+
+def _ours(partitions: Iterable[Any], topics: set[str]) -> list[TopicPartition]:
+    return [TopicPartition(tp.topic, tp.partition) for tp in partitions if tp.topic in topics]
 
 
 def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
@@ -99,35 +124,46 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval_s,
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(1.0, settings.session_timeout_s / 3),
+        consumer_group_instance_id=settings.worker_id,
         stream_wait_empty=False,
     )
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, app)
+    committed_by_us = {settings.topic_tasks, settings.topic_cost}
 
-    def topic(name: str) -> Any:
-        return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions[name])
+    def topic(name: str, acks: bool) -> Any:
+        return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions[name], acks=acks)
 
-    @app.agent(topic(settings.topic_tasks), concurrency=1)
+    @app.agent(topic(settings.topic_tasks, acks=False), concurrency=1)
     async def dispatch(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
         await _drain(stream, pipeline.handle_tasks, settings.batch_size, settings.batch_within_s)
 
-    @app.agent(topic(settings.topic_cost), concurrency=1)
+    @app.agent(topic(settings.topic_cost, acks=False), concurrency=1)
     async def settle(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
-        await _drain(stream, pipeline.handle_costs, settings.batch_size, settings.batch_within_s)
+        await _drain(stream, pipeline.handle_reports, settings.batch_size, settings.batch_within_s)
 
-    @app.agent(topic(settings.topic_load), concurrency=1)
+    @app.agent(topic(settings.topic_load, acks=True), concurrency=1)
     async def load(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
         await _drain(stream, pipeline.handle_load, 100, 0.05)
 
     @app.timer(interval=1.0)
-    async def release_expired() -> None:
-        await (await runtime.pipeline()).release_expired()
+    async def expire_overdue() -> None:
+        await (await runtime.pipeline()).expire_overdue()
 
-    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode types receivers as sync
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types receivers as sync
+    async def assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        """Fence the partitions' last owner before this worker reads them (exactly-once)."""
+        await (await runtime.pipeline()).outputs.on_assigned(_ours(assigned, committed_by_us))
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        await (await runtime.pipeline()).outputs.on_revoked(_ours(revoked, committed_by_us))
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def close(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         await runtime.close()
 

@@ -1,6 +1,13 @@
-"""JSON messages on the executor, cost-feedback and load topics: the contract with executors.
+"""JSON messages on the executor and load topics: the contract with executors.
 
-Tasks themselves are ``dispatch_core.task.Task`` as JSON; audit events are Avro (``schemas``).
+Tasks themselves are ``dispatch_core.task.Task`` as JSON; executors' reports on the cost topic
+are ``dispatch_core.settlement.ExecutorReport``; audit events are Avro (``schemas``).
+
+The routed-task contract: an executor consumes its topic with ``isolation.level=read_committed``
+(the dispatcher writes transactionally), claims each task by ``decision_id`` before running it
+(``dispatch_core.claims.ExecutionClaims``: run only on ``run``; on ``done`` skip it and report
+outcome ``duplicate``; on ``running`` wait for the other run), and reports once per task it
+received (``ExecutorReport``, echoing ``currency`` and ``charge_scopes``).
 """
 
 from __future__ import annotations
@@ -34,32 +41,21 @@ class RoutedTask(BaseModel):
     charge_scopes: list[str] = Field(default_factory=list, description="budget keys to charge; set when nothing was reserved")
 
     @classmethod
-    def of(cls, decision: Decision, task: dict[str, Any], created_at: datetime,
-           charge_scopes: list[str] | None = None) -> RoutedTask:
+    def encode(cls, decision: Decision, task_text: str, created_at: datetime, charge_scopes: list[str]) -> bytes:
+        """The routed message for ``decision``, with the task's own JSON text embedded byte for byte.
+
+        Not re-serialising the task keeps the envelope exactly ``len(task) +`` a few hundred
+        bytes (a re-dump can grow numbers like ``1e15`` many times), and is faster.
+        """
         assert decision.assigned_tier and decision.executor and decision.workload, "only routed decisions"
-        return cls(
+        head = cls.model_construct(
             decision_id=decision.decision_id, task_id=decision.task_id, service=decision.service,
             workload=decision.workload.value, tier=decision.assigned_tier, executor=decision.executor,
             policy_version=decision.policy_version, estimate=decision.estimate_assigned,
-            currency=decision.currency, created_at=created_at, routed_at=datetime.now(UTC), task=task,
-            charge_scopes=charge_scopes or [],
-        )
-
-
-class CostReport(BaseModel):
-    """An executor's report of what a task really cost (settles its reservation)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    decision_id: str
-    task_id: str
-    service: str
-    executor: str
-    actual: Decimal = Field(ge=0, le=Decimal(10**11), decimal_places=6)
-    run_ms: float = Field(ge=0)
-    dispatch_ms: float = Field(description="task created_at -> executor received it")
-    finished_at: AwareDatetime
-    charge_scopes: list[str] = Field(default_factory=list, description="echoed from the routed task")
+            currency=decision.currency, created_at=created_at, routed_at=datetime.now(UTC),
+            charge_scopes=charge_scopes,
+        ).model_dump_json(exclude={"task"})
+        return f'{head[:-1]},"task":{task_text}}}'.encode()
 
 
 class LoadUpdate(BaseModel):

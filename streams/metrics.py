@@ -15,8 +15,9 @@ DECISION_LATENCY = Histogram(
 BUDGET_UTILISATION = Gauge(
     "dispatch_budget_utilisation_ratio", "Committed spend / limit per budget scope", ["budget", "scope"]
 )
-DLQ = Counter("dispatch_dead_letters_total", "Inputs sent to the dead-letter topic", ["source"])
-SETTLEMENTS = Counter("dispatch_settlements_total", "Reservation settlements and releases", ["kind"])
+DLQ = Counter("dispatch_dead_letters_total", "Inputs sent to the dead-letter topic", ["reason"])
+SETTLEMENTS = Counter("dispatch_settlements_total", "Settlement events by kind (settled, expired, duplicate...)", ["kind"])
+UNAVAILABLE = Gauge("dispatch_waiting_unavailable", "1 while batches wait for Redis or the broker to come back")
 
 
 def observe(decision: Decision) -> None:

@@ -1,204 +1,326 @@
-"""What the dispatcher worker does with each batch it consumes, independent of Faust.
+"""What the worker does with each batch it consumes, independent of Faust and of Kafka's clients.
 
-Every input ends in exactly one place: a decision (routed task + audit event, or a rejection
-audit event) or the dead-letter topic (plus a rejection audit event when its task id is
-readable). All writes of a batch are acknowledged by the broker before the batch returns,
-so the caller's input offsets are committed only after its outputs exist.
+Every input ends in exactly one place: a decision (audit event, plus the routed task when it
+is routed) or the dead-letter topic (plus a rejection event when its task id is readable).
+A batch is turned into outputs once, then written per input partition together with that
+partition's offset (``Outputs``); the pipeline never returns before its batch is written,
+skipped as poison, or handed to the partition's new owner.
+
+Failures, by kind (``streams.errors``):
+
+- unavailable (Redis or the broker): the batch waits and is retried with backoff, however
+  long; nothing is skipped. One log line per state change, not one per retry.
+- rejected (a record the broker refuses): that record is dead-lettered, never retried.
+- fenced (the partition moved to another worker): the batch is left to the new owner.
+- anything else (a bug): the batch is retried ``max_attempts`` times, then its records are
+  tried one by one, and a record that still fails is dead-lettered as poison with the last
+  error. No single record can stall a partition.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
-from aiokafka.errors import KafkaError
+from aiokafka import TopicPartition
 from pydantic import ValidationError
 
 from dispatch_core.decision import Decision, Trigger
 from dispatch_core.dispatcher import Dispatcher
-from dispatch_core.engine import invalid, ledger_keys
-from dispatch_core.errors import DispatchError, TaskError
-from dispatch_core.ledger import RedisLedger
-from dispatch_core.task import Task, parse_task
-from schemas import AuditEncodingError
+from dispatch_core.errors import LedgerUnavailable, TaskError
+from dispatch_core.settings import Settings
+from dispatch_core.settlement import ExecutorReport, SettlementEvent
+from dispatch_core.task import InputLimits, Task, json_depth_exceeds, read_task
+from schemas import DECISION, SETTLEMENT, encode, headers
 from streams import metrics
-from streams.messages import CostReport, LoadUpdate, RoutedTask
-from streams.outputs import Delivery, Outputs, delivered
+from streams.dlq import DeadLetter, Incoming
+from streams.errors import BrokerUnavailable, Fenced, RecordRejected
+from streams.messages import LoadUpdate, RoutedTask
+from streams.outputs import Out, Outputs
 
 log = logging.getLogger(__name__)
+MAX_REPORT_BYTES = 65_536
 
-_SETTLEMENT_KIND = {
-    "settled": "settled", "dup": "settled", "late": "settled_late", "unreserved": "unreserved", "unknown": "unreserved",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """One consumed Kafka record, with where it came from (for dead letters)."""
-
-    value: bytes
-    topic: str
-    partition: int
-    offset: int
-
-    def source(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+Unavailable = (LedgerUnavailable, BrokerUnavailable)
 
 
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+@dataclass
+class _Part:
+    """One input partition's share of a batch: its outputs and the offset to commit after them."""
+
+    outs: list[Out] = field(default_factory=list)
+    next_offset: int = 0
+    decisions: list[Decision] = field(default_factory=list)  # counted in metrics once written
+    settlements: list[SettlementEvent] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)  # dead-letter reasons, for metrics
 
 
-async def until_done(handle: Callable[[list[Any]], Awaitable[Any]], batch: list[Any],
-                     max_delay_s: float = 5.0) -> None:
-    """Run ``handle(batch)`` until it succeeds, backing off between tries.
+Plan = dict[TopicPartition, _Part]
+Planner = Callable[[list[Incoming]], Awaitable[Plan]]
 
-    Faust acks a ``take_events`` batch once the agent moves on, even if the handler raised,
-    so a failure must not escape the agent: that would lose the batch. Every handler here is
-    idempotent (decisions are stored by id, settlements are idempotent, outputs carry the
-    decision id), so trying again is safe; the partition waits meanwhile instead of skipping.
-    """
-    delay = 0.1
-    while True:
-        try:
-            await handle(batch)
-            return
-        except (DispatchError, KafkaError, OSError) as exc:
-            log.error("batch of %d failed, retrying in %.1f s: %s", len(batch), delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay_s)
+
+class _Outage:
+    """Logs an outage once when it starts, every ``every_s`` while it lasts, and once when it ends."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s = every_s
+        self.since: float | None = None
+        self._logged = 0.0
+
+    def down(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = self._logged = now
+            metrics.UNAVAILABLE.set(1)
+            log.warning("unavailable, batches wait and are retried: %s", exc)
+        elif now - self._logged >= self.every_s:
+            self._logged = now
+            log.warning("still unavailable after %.0f s: %s", now - self.since, exc)
+
+    def up(self) -> None:
+        if self.since is not None:
+            log.warning("available again after %.1f s", time.monotonic() - self.since)
+            metrics.UNAVAILABLE.set(0)
+            self.since = None
 
 
 class Pipeline:
-    """Task, cost-feedback and load handling for one worker process."""
+    """Task, executor-report and load handling for one worker process."""
 
-    def __init__(self, dispatcher: Dispatcher, outputs: Outputs) -> None:
+    def __init__(self, dispatcher: Dispatcher, outputs: Outputs, settings: Settings, *, worker: str = "") -> None:
         self.dispatcher = dispatcher
-        self.ledger: RedisLedger = dispatcher.ledger
         self.outputs = outputs
+        self.settings = settings
+        self.worker = worker
+        self.limits = InputLimits(settings.max_task_bytes, settings.max_task_depth)
+        self.outage = _Outage()
+
+    # --- entry points, one per consumed topic ------------------------------------------------
 
     async def handle_tasks(self, batch: list[Incoming]) -> None:
-        """Decide a batch of task records; route, audit or dead-letter every one."""
-        writes: list[Delivery] = []
-        valid: list[tuple[Task, dict[str, Any], Incoming]] = []
-        for rec in batch:
-            data = _json_object(rec.value)
-            try:
-                task = parse_task(data if data is not None else rec.value)
-            except TaskError as exc:
-                writes += await self._reject_invalid(rec, data, str(exc))
-                continue
-            assert data is not None, "parse_task accepts only a JSON object"
-            valid.append((task, data, rec))
-        decisions = await self.dispatcher.decide([t for t, *_ in valid]) if valid else []
-        for decision, (task, data, rec) in zip(decisions, valid, strict=True):
-            try:
-                audit = await self.outputs.audit_decision(decision)  # first: what cannot be recorded is not routed
-            except AuditEncodingError as exc:
-                log.error("decision %s cannot be recorded, dead-lettering its task: %s", decision.decision_id, exc)
-                metrics.DLQ.labels(source=rec.topic).inc()
-                writes.append(await self.outputs.dead_letter(rec.value, f"decision cannot be recorded: {exc}",
-                                                             rec.source()))
-                continue
-            if decision.routed:
-                routed = RoutedTask.of(decision, data, task.created_at, self._charge_scopes(decision, task))
-                writes.append(await self.outputs.route(routed))
-            writes.append(audit)
-            metrics.observe(decision)
-        await delivered(writes)
+        """Decide a batch of task records; route, audit or dead-letter every one, then commit it."""
+        await self._run(batch, self._plan_tasks)
 
-    def _charge_scopes(self, decision: Decision, task: Task) -> list[str]:
-        """Budget keys a fail-open decision's actual cost is charged to (it reserved nothing)."""
-        if Trigger.LEDGER_UNAVAILABLE not in decision.triggers:
-            return []
-        return ledger_keys(self.dispatcher.default_policy, task, decision.decided_at)[0]
-
-    async def _reject_invalid(self, rec: Incoming, data: dict[str, Any] | None, error: str) -> list[Delivery]:
-        metrics.DLQ.labels(source=rec.topic).inc()
-        writes = [await self.outputs.dead_letter(rec.value, error, rec.source())]
-        if data is not None and isinstance(data.get("task_id"), str) and data["task_id"]:
-            decision = invalid(data, error, self.dispatcher.default_policy, datetime.now(UTC))
-            writes.append(await self.outputs.audit_decision(decision))
-            metrics.observe(decision)
-        return writes
-
-    async def handle_costs(self, batch: list[Incoming]) -> None:
-        """Settle reservations with the actual costs executors report, and record each settlement."""
-        writes: list[Delivery] = []
-        for rec in batch:
-            try:
-                report = CostReport.model_validate_json(rec.value)
-            except ValidationError as exc:
-                metrics.DLQ.labels(source=rec.topic).inc()
-                writes.append(await self.outputs.dead_letter(rec.value, f"invalid cost report: {exc}", rec.source()))
-                continue
-            s = await self.ledger.settle(report.decision_id, report.actual, report.charge_scopes)
-            kind = _SETTLEMENT_KIND[s.status]
-            event = self._settlement(report.decision_id, kind, s.reserved, s.scopes, report)
-            try:
-                writes.append(await self.outputs.audit_settlement(event))
-            except AuditEncodingError as exc:
-                metrics.DLQ.labels(source=rec.topic).inc()
-                writes.append(await self.outputs.dead_letter(rec.value, f"settlement cannot be recorded: {exc}",
-                                                             rec.source()))
-                continue
-            metrics.SETTLEMENTS.labels(kind=kind).inc()
-        await delivered(writes)
-
-    def _settlement(self, decision_id: str, kind: str, reserved: Decimal, scopes: list[str],
-                    report: CostReport | None = None) -> dict[str, Any]:
-        """A settlement audit event; ``report`` is None for a release (no executor ever reported)."""
-        return {
-            "decision_id": decision_id, "kind": kind, "task_id": report and report.task_id,
-            "service": report and report.service, "executor": report and report.executor,
-            "currency": self.dispatcher.default_policy.currency, "reserved": reserved,
-            "actual": report and report.actual, "scopes": scopes, "run_ms": report and report.run_ms,
-            "dispatch_ms": report and report.dispatch_ms, "recorded_at": datetime.now(UTC),
-        }
+    async def handle_reports(self, batch: list[Incoming]) -> None:
+        """Settle reservations with what executors report, and record each settlement."""
+        await self._run(batch, self._plan_reports)
 
     async def handle_load(self, batch: list[Incoming]) -> None:
         """Keep the latest saturation of each executor in Redis for the ``load`` trigger."""
         latest: dict[str, LoadUpdate] = {}
         for rec in batch:
             try:
-                update = LoadUpdate.model_validate_json(rec.value)
+                update = LoadUpdate.model_validate_json(rec.value or b"")
             except ValidationError as exc:
-                log.warning("ignoring invalid load report at %s: %s", rec.source(), exc)
+                log.warning("ignoring an invalid load report at %s: %s", rec.source(), exc.errors()[0]["msg"])
                 continue
             latest[update.executor] = update
         for u in latest.values():
-            await self.ledger.report_load(u.executor, u.saturation, u.at)
+            await self.dispatcher.report_load(u.executor, u.saturation, u.at)
 
-    async def release_expired(self) -> int:
-        """Release reservations never settled in time and record each release.
+    async def expire_overdue(self) -> int:
+        """Expire reservations nobody reported on in time and record each expiry, once.
 
-        The release is atomic in Redis; its audit events are then written until the broker
-        has them (a crash between the two is the one window where a release goes unrecorded).
+        The expiry is atomic in Redis and its events wait there until written, so a worker
+        that dies in between leaves them to the next round (its own or another worker's).
         """
         try:
-            released = await self.ledger.release_expired(datetime.now(UTC))
-        except DispatchError as exc:
-            log.warning("could not release expired reservations this round: %s", exc)
+            events = await self.dispatcher.expire_overdue()
+            if events:
+                await self.outputs.write(None, [self._settlement_out(e) for e in events], None)
+                await self.dispatcher.recorded(events)
+        except (*Unavailable, Fenced) as exc:
+            log.info("expiries wait for the next round: %s", exc)
             return 0
-        events = [self._settlement(r.decision_id, "released", r.amount, []) for r in released]
+        for e in events:
+            metrics.SETTLEMENTS.labels(kind=e.kind.value).inc()
+        return len(events)
 
-        async def write(_: object) -> None:
-            await delivered([await self.outputs.audit_settlement(e) for e in events])
+    # --- one batch: plan once, write per partition, retry by kind -------------------------------
 
-        if events:
-            await until_done(write, [])
-            metrics.SETTLEMENTS.labels(kind="released").inc(len(events))
-        return len(released)
+    async def _run(self, batch: list[Incoming], planner: Planner) -> None:
+        plan: Plan | None = None
+        attempts = 0
+        delay = 0.05
+        while True:
+            try:
+                if plan is None:
+                    plan = await planner(batch)
+                await self._write(plan)  # drops each partition from the plan once it is written
+                self.outage.up()
+                return
+            except Unavailable as exc:
+                self.outage.down(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_delay_s)
+            except RecordRejected as exc:
+                await self._isolate(self._left(batch, plan), planner, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - a bug must cost one record, never the partition
+                attempts += 1
+                if attempts < self.settings.max_attempts:
+                    log.error("batch of %d failed (try %d of %d), retrying: %r", len(batch), attempts,
+                              self.settings.max_attempts, exc, exc_info=attempts == 1)
+                    plan = None  # plan again: the failure may have been in planning
+                    await asyncio.sleep(delay)
+                    continue
+                await self._isolate(self._left(batch, plan), planner, exc)
+                return
+
+    @staticmethod
+    def _left(batch: list[Incoming], plan: Plan | None) -> list[Incoming]:
+        """The records of ``batch`` whose partition is not written yet."""
+        if plan is None:
+            return batch
+        return [r for r in batch if TopicPartition(r.topic, r.partition) in plan]
+
+    async def _isolate(self, records: list[Incoming], planner: Planner, exc: BaseException) -> None:
+        """Try records one at a time; one that fails alone is dead-lettered as poison."""
+        if len(records) == 1:
+            await self._dead_letter_alone(records[0], exc)
+            return
+        log.error("batch of %d keeps failing (%r): trying its records one by one", len(records), exc)
+        for rec in records:
+            await self._run([rec], planner)
+
+    async def _dead_letter_alone(self, rec: Incoming, exc: BaseException) -> None:
+        reason = "undeliverable" if isinstance(exc, RecordRejected) else "poison"
+        log.error("dead-lettering %s as %s: %r", rec.source(), reason, exc)
+        letter = DeadLetter.of(rec, reason, f"{type(exc).__name__}: {exc}", attempts=self.settings.max_attempts,
+                               worker=self.worker)
+        part = _Part([self._dlq_out(letter)], rec.offset + 1, dead=[reason])
+        try:
+            await self._run_write({TopicPartition(rec.topic, rec.partition): part})
+        except RecordRejected:  # not even its bytes can be written: keep size, hash and origin only
+            letter = DeadLetter.of(rec, "too_large", letter.error, worker=self.worker)
+            await self._run_write({TopicPartition(rec.topic, rec.partition): _Part([self._dlq_out(letter)],
+                                                                                   rec.offset + 1, dead=[reason])})
+
+    async def _run_write(self, plan: Plan) -> None:
+        """Write, waiting out unavailability (for dead letters, which must not fail again)."""
+        delay = 0.05
+        while plan:
+            try:
+                await self._write(plan)
+                self.outage.up()
+            except Unavailable as exc:
+                self.outage.down(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_delay_s)
+
+    async def _write(self, plan: Plan) -> None:
+        """Write every partition of ``plan`` (concurrently); written and fenced ones leave the plan."""
+        parts = list(plan.items())
+        results = await asyncio.gather(
+            *(self.outputs.write(tp, part.outs, part.next_offset) for tp, part in parts), return_exceptions=True
+        )
+        failure: BaseException | None = None
+        for (tp, part), result in zip(parts, results, strict=True):
+            if isinstance(result, Fenced):
+                log.info("%s moved to another worker: its batch is theirs now", tp)
+                del plan[tp]
+            elif isinstance(result, BaseException):
+                failure = failure if isinstance(failure, Unavailable) else result  # unavailable wins: just wait
+            else:
+                del plan[tp]
+                self._count(part)
+        if failure is not None:
+            raise failure
+
+    @staticmethod
+    def _count(part: _Part) -> None:
+        for d in part.decisions:
+            metrics.observe(d)
+        for e in part.settlements:
+            metrics.SETTLEMENTS.labels(kind=e.kind.value).inc()
+        for reason in part.dead:
+            metrics.DLQ.labels(reason=reason).inc()
+
+    # --- planning: what each record becomes --------------------------------------------------
+
+    def _part(self, plan: Plan, rec: Incoming) -> _Part:
+        part = plan.setdefault(TopicPartition(rec.topic, rec.partition), _Part())
+        part.next_offset = max(part.next_offset, rec.offset + 1)
+        return part
+
+    async def _plan_tasks(self, batch: list[Incoming]) -> Plan:
+        plan: Plan = {}
+        valid: list[tuple[Task, str, Incoming]] = []
+        for rec in batch:
+            part = self._part(plan, rec)
+            try:
+                task, text = read_task(rec.value, self.limits)
+            except TaskError as exc:
+                part.outs.append(self._dlq_out(DeadLetter.of(rec, exc.reason, str(exc), task_id=exc.task_id,
+                                                             worker=self.worker)))
+                part.dead.append(exc.reason)
+                rejection = self.dispatcher.reject_input(exc.fields, str(exc))
+                if rejection is not None:
+                    part.outs.append(self._decision_out(rejection))
+                    part.decisions.append(rejection)
+                continue
+            valid.append((task, text, rec))
+        decisions = await self.dispatcher.decide([t for t, *_ in valid]) if valid else []
+        for decision, (task, text, rec) in zip(decisions, valid, strict=True):
+            part = self._part(plan, rec)
+            part.outs.append(self._decision_out(decision))
+            part.decisions.append(decision)
+            if Trigger.CONFLICT in decision.triggers:
+                part.outs.append(self._dlq_out(DeadLetter.of(rec, "conflict", decision.rationale,
+                                                             task_id=task.task_id, worker=self.worker)))
+                part.dead.append("conflict")
+            elif decision.routed:
+                assert decision.executor is not None
+                routed = RoutedTask.encode(decision, text, task.created_at,
+                                           self.dispatcher.unreserved_scopes(decision, task))
+                part.outs.append(Out(self.settings.executor_topic(decision.executor), task.task_id.encode(), routed))
+        return plan
+
+    async def _plan_reports(self, batch: list[Incoming]) -> Plan:
+        plan: Plan = {}
+        for rec in batch:
+            part = self._part(plan, rec)
+            try:
+                report = self._read_report(rec.value)
+            except ValueError as exc:
+                part.outs.append(self._dlq_out(DeadLetter.of(rec, "invalid_report", str(exc), worker=self.worker)))
+                part.dead.append("invalid_report")
+                continue
+            event = await self.dispatcher.settle(report, source=f"{rec.topic}/{rec.partition}/{rec.offset}")
+            part.outs.append(self._settlement_out(event))
+            part.settlements.append(event)
+        return plan
+
+    def _read_report(self, value: bytes | None) -> ExecutorReport:
+        """An executor report, bounded like tasks are; ValueError (incl. ValidationError) says why not."""
+        if value is None:
+            raise ValueError("record has no value (a tombstone): a report must be a JSON object")
+        if len(value) > MAX_REPORT_BYTES:
+            raise ValueError(f"report is {len(value)} bytes, over the {MAX_REPORT_BYTES}-byte limit")
+        if json_depth_exceeds(value.decode("utf-8", errors="replace"), self.limits.max_depth):
+            raise ValueError(f"report nests deeper than {self.limits.max_depth} levels")
+        try:
+            return ExecutorReport.model_validate_json(value)
+        except ValidationError as exc:
+            raise ValueError(f"invalid executor report: {exc}") from exc
+
+    # --- records ----------------------------------------------------------------------------------
+
+    def _decision_out(self, decision: Decision) -> Out:
+        """The decision's provenance event (Avro), keyed by decision id."""
+        return Out(self.settings.topic_audit, decision.decision_id.encode(), encode(DECISION, decision.model_dump()),
+                   headers(DECISION, decision.outcome.value))
+
+    def _settlement_out(self, event: SettlementEvent) -> Out:
+        """A settlement event (Avro), keyed by the decision it belongs to."""
+        return Out(self.settings.topic_audit, event.decision_id.encode(), encode(SETTLEMENT, event.model_dump()),
+                   headers(SETTLEMENT, event.kind.value))
+
+    def _dlq_out(self, letter: DeadLetter) -> Out:
+        return Out(self.settings.topic_dlq, letter.key, letter.value, letter.headers())
 
 
 __all__ = ["Incoming", "Pipeline"]

@@ -182,3 +182,46 @@ async def topic_configs(settings: Settings, names: Iterable[str]) -> dict[str, d
         raise kafka_error(settings, exc) from exc
     finally:
         await admin.close()
+
+
+#: Room a record needs beyond the task it carries: a routed envelope's decision fields (< 8 KiB
+#: with a policy's at most 32 budgets), or a dead letter's headers (< 9 KiB), plus batch framing.
+RECORD_OVERHEAD_BYTES = 16_384
+PRODUCER_MAX_REQUEST_BYTES = 1_048_576  # aiokafka's max_request_size, which the worker keeps
+
+
+def max_record_bytes(settings: Settings) -> int:
+    """The largest record the worker writes: the largest task it accepts plus its envelope."""
+    return settings.max_task_bytes + RECORD_OVERHEAD_BYTES
+
+
+async def check_worker_topics(settings: Settings, executors: Iterable[str]) -> None:
+    """Refuse to start a worker whose writes could not land: one line saying what to do instead.
+
+    Every topic must exist (the worker never creates topics), and the topics it writes whole
+    tasks to must take its largest record; otherwise a valid task would be refused at write time.
+    """
+    need = max_record_bytes(settings)
+    if need > PRODUCER_MAX_REQUEST_BYTES:
+        raise TopicError(f"DISPATCH_MAX_TASK_BYTES={settings.max_task_bytes} is too large: a routed task must fit "
+                         f"{PRODUCER_MAX_REQUEST_BYTES} bytes with {RECORD_OVERHEAD_BYTES} to spare")
+    specs = topic_specs(settings, executors)
+    admin = admin_client(settings)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [s.name for s in specs if s.name not in existing]
+        if missing:
+            raise TopicError(f"missing topics {', '.join(missing)}: create them with `dispatch topics create` "
+                             "(a policy's executor topics also with `dispatch policy publish FILE`)")
+        whole = [s.name for s in specs if s.name.startswith(settings.topic_executor_prefix)] + [settings.topic_dlq]
+        small = {name: c.get("max.message.bytes") for name, c in (await _describe(admin, whole)).items()
+                 if int(c.get("max.message.bytes") or 0) < need}
+        if small:
+            raise TopicError(f"topics {', '.join(f'{n} (max.message.bytes={v})' for n, v in small.items())} cannot "
+                             f"take a task of DISPATCH_MAX_TASK_BYTES={settings.max_task_bytes}: raise their "
+                             f"max.message.bytes to {need} or lower the limit")
+    except (KafkaError, TimeoutError) as exc:
+        raise kafka_error(settings, exc) from exc
+    finally:
+        await admin.close()

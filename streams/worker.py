@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import start_http_server
 
+from dispatch_core.policy import load_policy
 from dispatch_core.settings import Settings
 from stack.errors import StackError
+from stack.kafka import quiet_aiokafka
+from streams.topics import check_worker_topics
 
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
@@ -17,6 +22,9 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     import faust  # Faust has import-time side effects: only when a worker really starts
 
     from streams.app import create_app
+
+    with quiet_aiokafka():
+        asyncio.run(check_worker_topics(settings, load_policy(settings.policy_file).executors()))
 
     if settings.metrics_port:
         try:

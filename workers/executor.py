@@ -1,30 +1,41 @@
 """Example executors: consume a tier topic, simulate the work, report actual cost and load.
 
-A stand-in for the real services' executors, with the latency and cost profile of its tier
-from the policy: run time is drawn below the tier's p95 (scaled by ``latency_scale``),
-actual cost is the estimate +-15% (deterministic per decision, so a redelivered task
-reports the same cost). Offsets are committed only after each task's cost report is
-delivered; saturation (in-flight / capacity) is published every ``load_every_s``.
+A stand-in for the real services' executors that follows the routed-task contract
+(``streams.messages``): it reads its topic with ``read_committed``, claims each task by
+decision id before running it (``dispatch_core.claims``) so a task delivered twice runs once,
+and reports once per delivery (``ExecutorReport``: ``succeeded`` with the actual cost, or
+``duplicate`` when the task had already run). Run time is drawn below the tier's p95 (scaled
+by ``latency_scale``), actual cost is the estimate +-15% (deterministic per decision).
+Offsets are committed only after each task's report is delivered; saturation (in-flight /
+capacity) is published every ``load_every_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import logging
 import random
+import socket
+import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
+from dispatch_core.claims import Claim, ExecutionClaims
+from dispatch_core.errors import LedgerUnavailable
 from dispatch_core.money import quantize
 from dispatch_core.policy import Policy
 from dispatch_core.settings import Settings
-from streams.messages import CostReport, LoadUpdate, RoutedTask
+from dispatch_core.settlement import ExecutorReport
+from streams.messages import LoadUpdate, RoutedTask
 from streams.producer import idempotent_producer
 
 log = logging.getLogger(__name__)
@@ -39,6 +50,7 @@ class Profile:
     latency_scale: float = 1.0
     cost_jitter: float = 0.15
     load_every_s: float = 0.5
+    lease_s: float = 60.0  # longer than any run: a claim held longer is taken for dead
 
 
 def _rng(decision_id: str) -> random.Random:
@@ -56,20 +68,26 @@ def simulate(task: RoutedTask, profile: Profile) -> tuple[float, Decimal]:
 class Executor:
     """One executor consuming its tier topic."""
 
-    def __init__(self, settings: Settings, name: str, profile: Profile) -> None:
+    def __init__(self, settings: Settings, name: str, profile: Profile, instance: str | None = None) -> None:
+        """``instance``: a stable name for this process, so after a crash it re-runs what it had claimed."""
         self.settings = settings
         self.name = name
         self.profile = profile
+        self.owner = f"{name}@{instance or f'{socket.gethostname()}:{os.getpid()}'}"
         self.in_flight = 0
         self.done = 0
+        self.duplicates = 0
+        self._running: dict[str, asyncio.Future[None]] = {}  # decision id -> its run in this process
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         consumer = AIOKafkaConsumer(
             s.executor_topic(self.name), bootstrap_servers=s.kafka_bootstrap, group_id=f"executor-{self.name}",
-            enable_auto_commit=False, auto_offset_reset="earliest",
+            enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
         )
         producer = idempotent_producer(s.kafka_bootstrap)
+        redis = Redis.from_url(s.redis_url, decode_responses=True, socket_timeout=s.redis_timeout_s)
+        claims = ExecutionClaims(redis, self.owner, lease_s=self.profile.lease_s)
         await consumer.start()
         await producer.start()
         reporter = asyncio.create_task(self._report_load(producer, stop))
@@ -81,7 +99,8 @@ class Executor:
                 for tp, msgs in batches.items():
                     for m in msgs:
                         await slots.acquire()  # backpressure: at capacity, stop taking new work
-                        pending[tp].append((m.offset, asyncio.create_task(self._execute(m.value, producer, slots))))
+                        work = asyncio.create_task(self._execute(m.value, producer, claims, slots))
+                        pending[tp].append((m.offset, work))
                 await self._commit_done(consumer, pending)
         finally:
             for queue in pending.values():
@@ -91,6 +110,7 @@ class Executor:
             await asyncio.gather(reporter, return_exceptions=True)
             await consumer.stop()
             await producer.stop()
+            await redis.aclose()
 
     @staticmethod
     async def _commit_done(consumer: AIOKafkaConsumer, pending: dict[TopicPartition, deque]) -> None:
@@ -104,7 +124,21 @@ class Executor:
         if offsets:
             await consumer.commit(offsets)
 
-    async def _execute(self, raw: bytes, producer: AIOKafkaProducer, slots: asyncio.Semaphore) -> None:
+    async def _claim(self, claims: ExecutionClaims, decision_id: str) -> Claim:
+        """Claim the task, waiting while another owner runs it or Redis is unreachable."""
+        delay = 0.05
+        while True:
+            try:
+                state = await claims.claim(decision_id)
+                if state != "running":
+                    return state
+            except LedgerUnavailable as exc:
+                log.warning("%s: cannot claim %s yet: %s", self.name, decision_id, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _execute(self, raw: bytes, producer: AIOKafkaProducer, claims: ExecutionClaims,
+                       slots: asyncio.Semaphore) -> None:
         try:
             task = RoutedTask.model_validate_json(raw)
         except ValidationError as exc:
@@ -112,22 +146,36 @@ class Executor:
             log.error("%s: skipping a message that is not a routed task: %s", self.name, exc)
             return
         received = datetime.now(UTC)
-        self.in_flight += 1
-        try:
-            run_s, actual = simulate(task, self.profile)
-            await asyncio.sleep(run_s)
-        finally:
-            self.in_flight -= 1
-            slots.release()
-        report = CostReport(
-            decision_id=task.decision_id, task_id=task.task_id, service=task.service, executor=self.name,
-            actual=actual, run_ms=run_s * 1000.0,
+        earlier = self._running.get(task.decision_id)
+        if earlier is not None:  # delivered twice to this process: the first delivery runs it
+            await asyncio.shield(earlier)
+        claim = await self._claim(claims, task.decision_id)
+        outcome: Literal["succeeded", "duplicate"] = "duplicate"
+        run_s, actual = 0.0, Decimal(0)
+        if claim == "run":
+            self.in_flight += 1
+            self._running[task.decision_id] = asyncio.get_running_loop().create_future()
+            try:
+                run_s, actual = simulate(task, self.profile)
+                await asyncio.sleep(run_s)
+                await claims.done(task.decision_id)  # before the report: a crash after it never re-runs
+            finally:
+                self.in_flight -= 1
+                self._running.pop(task.decision_id).set_result(None)
+            outcome = "succeeded"
+        else:
+            self.duplicates += 1
+            log.info("%s: %s already ran: acknowledged and skipped", self.name, task.decision_id)
+        slots.release()
+        report = ExecutorReport(
+            decision_id=task.decision_id, report_id=str(uuid.uuid4()), outcome=outcome, task_id=task.task_id,
+            service=task.service, executor=self.name, actual=actual, currency=task.currency, run_ms=run_s * 1000.0,
             dispatch_ms=(received - task.created_at).total_seconds() * 1000.0, finished_at=datetime.now(UTC),
             charge_scopes=task.charge_scopes,
         )
         await (await producer.send(self.settings.topic_cost, key=task.decision_id.encode(),
                                    value=report.model_dump_json().encode()))
-        self.done += 1
+        self.done += outcome == "succeeded"
 
     async def _report_load(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -140,12 +188,12 @@ class Executor:
 
 async def run_executors(
     settings: Settings, policy: Policy, names: list[str], *, capacity: int = 16, latency_scale: float = 1.0,
-    stop: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None, instance: str | None = None,
 ) -> None:
     """Run several example executors in one process until ``stop`` is set."""
     stop = stop or asyncio.Event()
     executors = []
     for name in names:
         _, tier = policy.tier_of_executor(name)
-        executors.append(Executor(settings, name, Profile(tier.p95_ms, capacity, latency_scale)))
+        executors.append(Executor(settings, name, Profile(tier.p95_ms, capacity, latency_scale), instance))
     await asyncio.gather(*(e.run(stop) for e in executors))

@@ -1,12 +1,15 @@
 -- Commit a batch of decisions atomically, in order. Idempotent by decision id.
 -- ARGV[1]: JSON array of items:
---   {d: decision id, rec: record JSON, ttl: record lifetime ms, amt: micro-units to reserve,
+--   {d: decision id, h: task content hash, cur: currency, who: [task id, service, executor],
+--    rec: record JSON, ttl: record lifetime ms,
+--    amt: micro-units to reserve,
 --    enforce: 0|1, scopes: [{k: budget key, lim: cap, exp: key expiry ms}], exp: reservation expiry ms,
 --    bl: {k, x: raw complexity, a: alpha, m0: prior mean, v0: prior variance},
 --    tr: [[budget key, 0|1, key expiry ms]]}
 -- ARGV[2]: JSON {s: [budget keys], b: [baseline keys]} whose state to report after the batch.
--- Reply: flat array, two entries per item: status ("ok" | "dup" | "over"), and for "dup"
--- the stored record (a redelivered task gets its first decision back, with no second charge);
+-- Reply: flat array, two entries per item: status ("ok" | "dup" | "conflict" | "over"), and for
+-- "dup" and "conflict" the stored record: a redelivered task (same content hash) gets its first
+-- decision back, with no second charge; the same id with other content is a conflict;
 -- then three fields per reported key, as snapshot.lua gives them, so that the caller's
 -- next batch can start from the state this one left without another read.
 local items = cjson.decode(ARGV[1])
@@ -16,7 +19,12 @@ for _, it in ipairs(items) do
   local dkey = 'dc:decision:' .. it.d
   local existing = redis.call('GET', dkey)
   if existing then
-    out[#out + 1] = 'dup'
+    local stored_h = cjson.decode(existing).task_hash  -- absent (cjson.null/nil) in records from before hashes
+    if type(stored_h) == 'string' and type(it.h) == 'string' and stored_h ~= it.h then
+      out[#out + 1] = 'conflict'
+    else
+      out[#out + 1] = 'dup'
+    end
     out[#out + 1] = existing
   else
     local fits = true
@@ -41,7 +49,8 @@ for _, it in ipairs(items) do
           scope_keys[#scope_keys + 1] = s.k
         end
         local rkey = 'dc:resv:' .. it.d
-        redis.call('HSET', rkey, 'amt', it.amt, 'scopes', cjson.encode(scope_keys), 'status', 'reserved')
+        redis.call('HSET', rkey, 'amt', it.amt, 'scopes', cjson.encode(scope_keys), 'status', 'reserved', 'cur', it.cur,
+                   'tid', it.who[1], 'svc', it.who[2], 'ex', it.who[3])
         redis.call('PEXPIRE', rkey, it.ttl)
         redis.call('ZADD', 'dc:resv:open', it.exp, it.d)
       end

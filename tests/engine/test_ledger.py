@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 
 from dispatch_core import keys
-from dispatch_core.decision import Outcome, Trigger
+from dispatch_core.claims import ExecutionClaims
+from dispatch_core.decision import Decision, Outcome, Trigger
 from dispatch_core.dispatcher import Dispatcher
 from dispatch_core.engine import Snapshot, apply_plan, decide, estimate
 from dispatch_core.errors import LedgerUnavailable, PolicyError
 from dispatch_core.ledger import RedisLedger
 from dispatch_core.policy_store import PolicyStore
 from dispatch_core.rollout import Canary, Rollout, ServiceRollout
+from dispatch_core.settlement import ExecutorReport
 from dispatch_core.windows import window_at
 
 from .conftest import redis_url_of
@@ -125,30 +128,103 @@ async def test_a_second_worker_sees_the_first_ones_spend_at_once(make_dispatcher
     await other.close()
 
 
+def report(decision, actual: str, report_id: str = "r1", **kw) -> ExecutorReport:
+    """An executor's report on ``decision`` (its routed task ran and cost ``actual``)."""
+    fields = {"decision_id": decision.decision_id, "report_id": report_id, "task_id": decision.task_id,
+              "service": decision.service, "executor": decision.executor or "llm-large", "actual": actual,
+              "run_ms": 5.0, "dispatch_ms": 7.0, "finished_at": NOON.isoformat(), **kw}
+    return ExecutorReport.model_validate(fields)
+
+
 async def test_settlement_replaces_the_estimate_with_the_actual_once(make_dispatcher, ledger):
     d = await make_dispatcher(capped())
     (dec,) = await d.decide([llm_task("large", task_id="s1")])
-    s = await ledger.settle(dec.decision_id, Decimal("0.031"))
-    assert (s.status, s.reserved) == ("settled", dec.reserved)
+    first = await d.settle(report(dec, "0.031"))
+    assert (first.kind, first.reserved, first.actual, first.currency) == ("settled", dec.reserved, Decimal("0.031"), "USD")
     state = await ledger.scope(global_key())
     assert (state.spent, state.reserved) == (31_000, 0)
-    assert (await ledger.settle(dec.decision_id, Decimal("0.031"))).status == "dup"
+    again = await d.settle(report(dec, "0.031"))  # the same report redelivered: its settlement, unchanged
+    assert again.model_dump(exclude={"recorded_at"}) == first.model_dump(exclude={"recorded_at"})
+    second = await d.settle(report(dec, "0.5", report_id="r2"))  # another report: recorded, charges nothing
+    assert (second.kind, second.charges) == ("duplicate", False)
     assert await ledger.scope(global_key()) == state
-    assert (await ledger.settle("never-decided", Decimal("1"))).status == "unknown"
 
 
-async def test_unsettled_reservation_is_released_and_a_late_settlement_still_counts(make_dispatcher, ledger):
-    """LiteLLM #27639 / #36926: leaked reservations caused phantom 'budget exceeded'."""
+async def test_a_repeated_report_after_a_late_settlement_charges_nothing(make_dispatcher, ledger):
+    """A cost report redelivered after a late settlement was once recorded as a second charge."""
+    d = await make_dispatcher(capped(), reservation_ttl_s=60)
+    (dec,) = await d.decide([llm_task("large", task_id="late-dup")])
+    d.clock = lambda: NOON + timedelta(minutes=2)
+    assert [e.kind for e in await d.expire_overdue()] == ["expired"]
+    late = await d.settle(report(dec, "0.02"))
+    assert late.kind == "settled_late"
+    assert [(await d.settle(report(dec, "0.02", report_id=rid))).kind for rid in ("r1", "r2", "r3")] == [
+        "settled_late", "duplicate", "duplicate"]
+    assert (await ledger.scope(global_key())).spent == 20_000
+
+
+async def test_an_expired_reservation_keeps_its_room_until_a_late_settlement(make_dispatcher, ledger):
+    """LiteLLM #27639: a leaked reservation must not block forever; but an executor that is merely
+    slow must not let new decisions spend its room twice. Expiry keeps the estimate as presumed
+    spend until the real cost arrives."""
     d = await make_dispatcher(capped(), reservation_ttl_s=60)
     (dec,) = await d.decide([llm_task("large", task_id="leak")])
-    assert await ledger.release_expired(NOON) == []  # not yet expired
-    later = NOON.replace(minute=NOON.minute + 2)
-    released = await ledger.release_expired(later)
-    assert [(r.decision_id, r.amount) for r in released] == [(dec.decision_id, dec.reserved)]
-    assert (await ledger.scope(global_key())).reserved == 0
-    assert await ledger.release_expired(later) == []  # released once, by whichever worker got there
-    late = await ledger.settle(dec.decision_id, Decimal("0.02"))
-    assert late.status == "late" and (await ledger.scope(global_key())).spent == 20_000
+    assert await d.expire_overdue() == []  # not yet expired
+    d.clock = lambda: NOON + timedelta(minutes=2)
+    (expired,) = await d.expire_overdue(lease_s=0.0)
+    assert (expired.decision_id, expired.kind, expired.reserved, expired.task_id) == (
+        dec.decision_id, "expired", dec.reserved, "leak")
+    state = await ledger.scope(global_key())
+    assert (state.reserved, state.spent) == (0, int(dec.reserved * 1_000_000))  # the room is still taken
+    assert await ledger.presumed(global_key()) == state.spent
+    (again,) = await d.expire_overdue(lease_s=0.0)  # its event was not confirmed written: handed out again
+    assert again.decision_id == dec.decision_id
+    await d.recorded([again])
+    assert await d.expire_overdue() == []  # recorded once, then never again, by whichever worker
+    late = await d.settle(report(dec, "0.02"))
+    assert late.kind == "settled_late"
+    assert (await ledger.scope(global_key())).spent == 20_000 and await ledger.presumed(global_key()) == 0
+
+
+async def test_a_leased_expiry_is_not_handed_to_a_second_worker(make_dispatcher):
+    d = await make_dispatcher(capped(), reservation_ttl_s=60)
+    await d.decide([llm_task("large", task_id="lease")])
+    d.clock = lambda: NOON + timedelta(minutes=2)
+    assert len(await d.expire_overdue(lease_s=60.0)) == 1
+    assert await d.expire_overdue(lease_s=60.0) == []  # leased to the first caller until it confirms
+
+
+async def test_a_redelivered_task_gets_its_decision_and_a_reused_id_is_a_conflict(make_dispatcher, ledger):
+    d = await make_dispatcher(capped())
+    original = llm_task("large", task_id="same", tenant="acme")
+    (first,) = await d.decide([original])
+    (redelivered,) = await d.decide([original.model_copy(update={"created_at": NOON + timedelta(seconds=3)})])
+    same = {"decision_latency_ms"}  # the one field a re-emitted decision does not repeat
+    assert redelivered.model_dump(exclude=same) == first.model_dump(exclude=same)  # created_at is not content
+    reserved = (await ledger.scope(global_key())).reserved
+    (other,) = await d.decide([llm_task("small", task_id="same", tenant="globex")])  # same id, other content
+    assert other.outcome == Outcome.REJECTED and other.triggers[-1] == Trigger.CONFLICT
+    assert other.decision_id != first.decision_id and first.decision_id in other.rationale
+    assert other.executor is None and other.reserved == 0 and other.task_hash != first.task_hash
+    assert (await ledger.scope(global_key())).reserved == reserved  # nothing charged for it
+    (again,) = await d.decide([llm_task("small", task_id="same", tenant="globex")])
+    assert again.decision_id == other.decision_id  # the same conflict, the same id
+
+
+async def test_execution_claims_let_one_delivery_run(redis_client):
+    a, b = ExecutionClaims(redis_client, "exec-a", lease_s=0.2), ExecutionClaims(redis_client, "exec-b", lease_s=0.2)
+    assert [await a.claim("d1"), await b.claim("d1"), await a.claim("d1")] == ["run", "running", "run"]
+    await a.done("d1")
+    assert await b.claim("d1") == "done"
+    assert await b.claim("d2") == "run"
+    await a.abandon("d2")  # not a's claim: untouched
+    assert await a.claim("d2") == "running"  # a run of b's: a waits for it
+    await b.abandon("d2")
+    assert await a.claim("d2") == "run"  # given up by its owner: another may run it
+    await redis_client.pexpire(keys.claim("d2"), 1)  # a's lease lapses (a died mid-run)
+    while await redis_client.exists(keys.claim("d2")):
+        await asyncio.sleep(0.001)
+    assert await b.claim("d2") == "run"  # a run that never completed may be retried
 
 
 async def test_planning_a_batch_matches_what_the_lua_commits(ledger):
@@ -270,16 +346,20 @@ async def test_shadow_mode_from_the_rollout_routes_as_asked(make_dispatcher, led
     assert (await ledger.scope(global_key())).reserved == int(dec.reserved * 1_000_000) > 10_000
 
 
-async def test_fail_open_spend_is_charged_when_its_cost_is_reported(ledger, redis_client):
+async def test_fail_open_spend_is_charged_when_its_cost_is_reported(make_dispatcher, ledger, redis_client):
     """Nothing was reserved during the outage, but the actual cost still reaches the caps, once."""
+    d = await make_dispatcher(capped())
     key = global_key()
-    first = await ledger.settle("open-1", Decimal("0.25"), [key])
-    assert (first.status, first.scopes) == ("unreserved", [key])
+    fail_open = Decision.model_construct(decision_id="open-1", task_id="o1", service="llm-gateway", executor="llm-small")
+    first = await d.settle(report(fail_open, "0.25", charge_scopes=[key]))
+    assert (first.kind, first.scopes, first.charges) == ("unreserved", [key], True)
     assert (await ledger.scope(key)).spent == 250_000
     assert await redis_client.pttl(key) > 31 * 24 * 3600 * 1000  # created here: outlives any window, not forever
-    assert (await ledger.settle("open-1", Decimal("0.25"), [key])).status == "dup"
+    assert (await d.settle(report(fail_open, "0.25", charge_scopes=[key]))).kind == "unreserved"  # same report
+    assert (await d.settle(report(fail_open, "0.25", report_id="r2", charge_scopes=[key]))).kind == "duplicate"
     assert (await ledger.scope(key)).spent == 250_000
-    assert (await ledger.settle("open-2", Decimal("0.25"))).status == "unknown"  # nothing to charge: recorded only
+    unknown = Decision.model_construct(decision_id="open-2", task_id="o2", service="x", executor="llm-small")
+    assert (await d.settle(report(unknown, "0.25"))).scopes == []  # nothing to charge: recorded only
 
 
 async def test_an_item_that_no_longer_fits_is_refused_alone_and_the_rest_of_the_batch_commits(ledger, redis_client):

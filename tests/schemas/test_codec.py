@@ -14,6 +14,7 @@ from dispatch_core.engine import Snapshot, decide
 from dispatch_core.policy import load_policy
 from dispatch_core.task import Task
 from schemas import DECISION, SETTLEMENT, AuditEncodingError, decode, encode
+from schemas.codec import SCHEMAS
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -93,9 +94,20 @@ def crc64_avro(data: bytes) -> int:
     return fp
 
 
-@pytest.mark.parametrize(("schema", "pinned"), [(DECISION, "8aaa95c5b7526952"), (SETTLEMENT, "5e4c6968b527c74e")])
-def test_fingerprint_is_the_specs_crc64_of_the_specs_parsing_canonical_form(schema, pinned):
+#: Every published schema version's fingerprint: events on audit topics carry them forever.
+PINNED = {("decision", 1): "8aaa95c5b7526952", ("settlement", 1): "5e4c6968b527c74e",
+          ("decision", 2): "29e5b4c09bacf5ff", ("settlement", 2): "b52cde723df2116b"}
+
+
+def test_every_version_is_pinned_and_the_current_ones_are_the_newest():
+    assert {(s.name, s.version) for s in SCHEMAS.values()} == set(PINNED)
+    assert (DECISION.version, SETTLEMENT.version) == (2, 2)
+
+
+@pytest.mark.parametrize("schema", list(SCHEMAS.values()), ids=lambda s: f"{s.name}.v{s.version}")
+def test_fingerprint_is_the_specs_crc64_of_the_specs_parsing_canonical_form(schema):
     """Pinned: every event on the audit topic carries it. Decimals are plain "bytes" in the canonical form."""
+    pinned = PINNED[schema.name, schema.version]
     canonical = json.dumps(spec_canonical_form(schema.raw), separators=(",", ":"), ensure_ascii=False)
     assert '"logicalType"' not in canonical and '{"name":"reserved","type":"bytes"}' in canonical
     assert schema.fingerprint == crc64_avro(canonical.encode()).to_bytes(8, "little")  # single-object: little-endian
@@ -107,8 +119,8 @@ def apache_avro_schemas_by_fingerprint():
     """What a reader using only the Apache library does (README, "Audit stream"): its canonical form keeps
     {"type": "bytes"} for a decimal, so it fingerprints that form parsed once more, which is the spec's."""
     by_fingerprint = {}
-    for name in ("decision", "settlement"):
-        schema = avro.schema.parse((SCHEMA_DIR / f"{name}.avsc").read_text())
+    for path in [*SCHEMA_DIR.glob("*.avsc"), *SCHEMA_DIR.glob("history/*.avsc")]:
+        schema = avro.schema.parse(path.read_text())
         by_fingerprint[avro.schema.parse(schema.canonical_form).fingerprint()] = schema
     return by_fingerprint
 
@@ -117,7 +129,7 @@ def test_an_apache_avro_reader_finds_the_schema_by_the_events_fingerprint():
     d = a_decision()
     data = encode(DECISION, d.model_dump())
     by_fingerprint = apache_avro_schemas_by_fingerprint()
-    assert set(by_fingerprint) == {DECISION.fingerprint, SETTLEMENT.fingerprint}
+    assert set(by_fingerprint) == set(SCHEMAS)
     schema = by_fingerprint[data[2:10]]
     record = avro.io.DatumReader(schema).read(avro.io.BinaryDecoder(io.BytesIO(data[10:])))
     assert record["decision_id"] == d.decision_id and record["reserved"] == d.reserved
@@ -153,3 +165,17 @@ def test_the_decision_model_itself_refuses_a_record_without_provenance():
     del data["rationale"]
     with pytest.raises(ValidationError, match="rationale"):
         Decision.model_validate(data)
+
+
+def test_events_written_with_an_earlier_schema_read_as_the_current_one():
+    """v1 events (before task hashes, conflicts, expiries) stay readable, with v2's defaults filled in."""
+    import fastavro
+
+    old = SCHEMAS[bytes.fromhex(PINNED["decision", 1])]
+    record = {k: v for k, v in a_decision().model_dump(mode="python").items() if k != "task_hash"}
+    record = {**record, "outcome": record["outcome"].value, "mode": record["mode"], "workload": "llm",
+              "triggers": [t.value for t in record["triggers"]]}
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, old.parsed, record)
+    schema, read = decode(b"\xc3\x01" + old.fingerprint + buf.getvalue())
+    assert schema is DECISION and read["task_hash"] is None and read["decision_id"] == record["decision_id"]

@@ -57,14 +57,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
 
 async def consume(
     settings: Settings, topics: list[str], until: Callable[[list[ConsumerRecord]], bool], timeout_s: float = 60.0,
-    settle_s: float = 0.0,
+    settle_s: float = 0.0, isolation_level: str = "read_committed",
 ) -> list[ConsumerRecord]:
     """Every record on ``topics`` from the beginning, read until ``until(records)`` (or fail on timeout).
 
     ``settle_s`` keeps reading that much longer once ``until`` holds, so duplicates would show.
+    Read committed, as the contract tells every reader to (the worker writes in transactions).
     """
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                isolation_level=isolation_level)
     await consumer.start()
     records: list[ConsumerRecord] = []
     deadline = time.monotonic() + timeout_s
