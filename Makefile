@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := $(if $(shell command -v redis-server),,redis-server) \
           $(if $(shell command -v java),,default-jre-headless) \
-          $(if $(shell command -v mvn),,maven)
+          $(if $(shell command -v mvn),,maven) \
+          $(if $(shell command -v kcat),,kcat)
 
 .PHONY: demo test setup system-deps
 

@@ -12,6 +12,7 @@ from stack import LocalStack
 
 from . import run as run_cmds
 from . import stack, topics
+from .dlq import dlq_app
 from .finance import finance_app
 from .policy import policy_app, rollout_app
 from .demo import render, run_pipeline_demo
@@ -24,6 +25,7 @@ app.add_typer(topics.app, name="topics")
 app.add_typer(policy_app, name="policy")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(finance_app, name="finance")
+app.add_typer(dlq_app, name="dlq")
 app.command()(run_cmds.worker)
 app.command()(run_cmds.executor)
 app.command()(run_cmds.submit)

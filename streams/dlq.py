@@ -15,9 +15,10 @@ where it came from, in the style of Kafka Connect's dead-letter queues:
 
 An input larger than the task size limit keeps no value: its dead letter carries only its
 size, hash and origin (the original stays on its topic until retention removes it), so a dead
-letter is never larger than the input limit plus a few hundred bytes of headers: it always
-fits the broker's and the producer's limits. Original headers are not copied, for the same
-reason. ``dispatch dlq show`` reads the topic; ``dispatch dlq redrive`` sends values back.
+letter is never larger than the input limit plus a few KiB of headers: it always fits the
+broker's and the producer's limits. Such a dead letter, and one of a tombstone, has an empty
+value (Kafka needs a key or a value). Original headers are not copied, for the same reason.
+``dispatch dlq show`` reads the topic; ``dispatch dlq redrive`` sends values back.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ PREFIX = "dlq."
 MAX_ERROR_CHARS = 2_000
 #: Reasons whose record keeps no value (nothing to re-drive).
 WITHOUT_VALUE = frozenset({"too_large", "null_value"})
+NO_LIMIT = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +71,13 @@ class DeadLetter:
 
     @classmethod
     def of(cls, rec: Incoming, reason: str, error: str, *, task_id: str | None = None, attempts: int = 1,
-           worker: str = "") -> DeadLetter:
-        """The dead letter of ``rec``; too-large inputs keep only their size and hash."""
+           worker: str = "", max_value_bytes: int = NO_LIMIT) -> DeadLetter:
+        """The dead letter of ``rec``; an input over ``max_value_bytes`` keeps only its size and hash."""
         value = rec.value
+        keep = reason not in WITHOUT_VALUE and value is not None and len(value) <= max_value_bytes
         return cls(
             reason=reason, error=error[:MAX_ERROR_CHARS], topic=rec.topic, partition=rec.partition,
-            offset=rec.offset, key=rec.key, value=None if reason in WITHOUT_VALUE else value,
+            offset=rec.offset, key=rec.key, value=value if keep else None,
             size=None if value is None else len(value),
             sha256=None if value is None else hashlib.sha256(value).hexdigest(),
             timestamp_ms=rec.timestamp_ms, task_id=task_id, attempts=attempts, worker=worker,
@@ -88,6 +91,10 @@ class DeadLetter:
         }
         return [(PREFIX + k, str(v).encode()) for k, v in fields.items() if v is not None and v != ""]
 
+    def record_value(self) -> bytes:
+        """The value to write: the input's bytes, or empty when they are not kept."""
+        return self.value if self.value is not None else b""
+
     @classmethod
     def from_record(cls, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> DeadLetter:
         """Read a dead letter back (for ``dispatch dlq``); headers of other writers are ignored."""
@@ -96,9 +103,13 @@ class DeadLetter:
         def num(name: str) -> int | None:
             return int(h[name]) if h.get(name, "").lstrip("-").isdigit() else None
 
+        reason = h.get("reason", "unknown")
+        size = num("size")
+        kept = value is not None and reason not in WITHOUT_VALUE and (len(value) > 0 or size == 0)
         return cls(
-            reason=h.get("reason", "unknown"), error=h.get("error", ""), topic=h.get("topic", ""),
-            partition=num("partition") or 0, offset=num("offset") or 0, key=key, value=value, size=num("size"),
+            reason=reason, error=h.get("error", ""), topic=h.get("topic", ""),
+            partition=num("partition") or 0, offset=num("offset") or 0, key=key, value=value if kept else None,
+            size=size,
             sha256=h.get("sha256"), timestamp_ms=num("timestamp"), task_id=h.get("task_id"),
             attempts=num("attempts") or 1,
             at=datetime.fromisoformat(h["at"]) if "at" in h else datetime.fromtimestamp(0, UTC),

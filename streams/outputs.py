@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from dispatch_core.settings import Settings
-from streams.errors import Fenced, RecordRejected, translate
+from streams.errors import BrokerUnavailable, Fenced, RecordRejected, translate
 from streams.producer import idempotent_producer
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ class KafkaOutputs:
         self._locks: dict[TopicPartition, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._owned: set[TopicPartition] | None = None  # None until the first assignment
+        self._starting: dict[TopicPartition | None, asyncio.Lock] = {}
 
     def _new(self, source: TopicPartition | None) -> AIOKafkaProducer:
         s = self.settings
@@ -123,16 +124,19 @@ class KafkaOutputs:
         )
 
     async def _producer(self, source: TopicPartition | None) -> AIOKafkaProducer:
+        """The producer for ``source``'s outputs, started once even when asked for concurrently
+        (two producers with one transactional id would fence each other)."""
         key = source if self.transactional else None
-        producer = self._producers.get(key)
-        if producer is None:
-            producer = self._new(key)
-            try:
-                await producer.start()  # transactional: InitProducerId aborts the last owner's transaction
-            except BaseException as exc:
-                self._retire(producer)
-                raise translate(exc) if isinstance(exc, KafkaError) else exc
-            self._producers[key] = producer
+        async with self._starting.setdefault(key, asyncio.Lock()):
+            producer = self._producers.get(key)
+            if producer is None:
+                producer = self._new(key)
+                try:
+                    await producer.start()  # transactional: InitProducerId aborts the last owner's transaction
+                except BaseException as exc:
+                    self._retire(producer)
+                    raise translate(exc) if isinstance(exc, (KafkaError, OSError)) else exc
+                self._producers[key] = producer
         return producer
 
     def _retire(self, producer: AIOKafkaProducer) -> None:
@@ -174,7 +178,14 @@ class KafkaOutputs:
                 # whatever state it is in (abortable, fatal, lost sequence), a new producer starts clean;
                 # for a transaction, its InitProducerId aborts what this one left open
                 self._discard(source)
-                raise translate(exc) if isinstance(exc, (KafkaError, OSError)) else exc
+                if not isinstance(exc, (KafkaError, OSError)):
+                    raise
+                error = translate(exc)
+                if isinstance(error, Fenced) and (self._owned is None or source in self._owned):
+                    # fenced, yet the group still gives us the partition: take it back and retry
+                    # (if it did move, the revocation arrives and the next try is dropped)
+                    raise BrokerUnavailable(f"the producer for {source} was fenced; retrying as its owner") from exc
+                raise error from exc
         if not transaction and source is not None and next_offset is not None and self._commit is not None:
             await self._commit({source: next_offset})
 

@@ -187,17 +187,24 @@ class Pipeline:
             await self._run([rec], planner)
 
     async def _dead_letter_alone(self, rec: Incoming, exc: BaseException) -> None:
+        """Dead-letter one record that cannot be processed; if even that fails, move past it, loudly."""
         reason = "undeliverable" if isinstance(exc, RecordRejected) else "poison"
         log.error("dead-lettering %s as %s: %r", rec.source(), reason, exc)
-        letter = DeadLetter.of(rec, reason, f"{type(exc).__name__}: {exc}", attempts=self.settings.max_attempts,
-                               worker=self.worker)
-        part = _Part([self._dlq_out(letter)], rec.offset + 1, dead=[reason])
-        try:
-            await self._run_write({TopicPartition(rec.topic, rec.partition): part})
-        except RecordRejected:  # not even its bytes can be written: keep size, hash and origin only
-            letter = DeadLetter.of(rec, "too_large", letter.error, worker=self.worker)
-            await self._run_write({TopicPartition(rec.topic, rec.partition): _Part([self._dlq_out(letter)],
-                                                                                   rec.offset + 1, dead=[reason])})
+        error = f"{type(exc).__name__}: {exc}"
+        tp = TopicPartition(rec.topic, rec.partition)
+        for keep in (self.limits.max_bytes, -1):  # with its bytes if they fit, else size and hash only
+            letter = DeadLetter.of(rec, reason, error, attempts=self.settings.max_attempts, worker=self.worker,
+                                   max_value_bytes=keep)
+            try:
+                await self._run_write({tp: _Part([self._dlq_out(letter)], rec.offset + 1, dead=[reason])})
+                return
+            except Exception as last:  # noqa: BLE001 - see below
+                failure = last
+        # nothing can be written for it: stalling the partition forever would be worse; the record
+        # stays at its offset on its topic, and this line says where
+        log.critical("could not dead-letter %s (%r): moving past it; it is still at that offset", rec.source(),
+                     failure)
+        await self._run_write({tp: _Part([], rec.offset + 1, dead=["dropped"])})
 
     async def _run_write(self, plan: Plan) -> None:
         """Write, waiting out unavailability (for dead letters, which must not fail again)."""
@@ -255,7 +262,7 @@ class Pipeline:
                 task, text = read_task(rec.value, self.limits)
             except TaskError as exc:
                 part.outs.append(self._dlq_out(DeadLetter.of(rec, exc.reason, str(exc), task_id=exc.task_id,
-                                                             worker=self.worker)))
+                                                             worker=self.worker, max_value_bytes=self.limits.max_bytes)))
                 part.dead.append(exc.reason)
                 rejection = self.dispatcher.reject_input(exc.fields, str(exc))
                 if rejection is not None:
@@ -286,7 +293,8 @@ class Pipeline:
             try:
                 report = self._read_report(rec.value)
             except ValueError as exc:
-                part.outs.append(self._dlq_out(DeadLetter.of(rec, "invalid_report", str(exc), worker=self.worker)))
+                part.outs.append(self._dlq_out(DeadLetter.of(rec, "invalid_report", str(exc), worker=self.worker,
+                                                             max_value_bytes=MAX_REPORT_BYTES)))
                 part.dead.append("invalid_report")
                 continue
             event = await self.dispatcher.settle(report, source=f"{rec.topic}/{rec.partition}/{rec.offset}")
@@ -320,7 +328,7 @@ class Pipeline:
                    headers(SETTLEMENT, event.kind.value))
 
     def _dlq_out(self, letter: DeadLetter) -> Out:
-        return Out(self.settings.topic_dlq, letter.key, letter.value, letter.headers())
+        return Out(self.settings.topic_dlq, letter.key, letter.record_value(), letter.headers())
 
 
 __all__ = ["Incoming", "Pipeline"]

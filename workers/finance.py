@@ -1,8 +1,9 @@
 """The finance side: read the audit topic with nothing but the Avro schemas, and summarise it.
 
-Decisions and settlements are joined by decision id. The audit stream is at-least-once:
-a redelivered task or cost report can repeat an event, so events are de-duplicated by
-(decision id, event kind) here, as any consumer of the stream should.
+Decisions and settlements are joined by decision id. The stream is read with
+``isolation.level=read_committed``: the worker writes each batch in a Kafka transaction, so
+this sees every event once. Events are still de-duplicated by (decision id, event kind), as any
+consumer should: in at-least-once mode a redelivered task or report repeats its event.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from dispatch_core.errors import DispatchError
 from schemas import DECISION, decode
+from streams.consume import to_end, topic_reader
 
 
 @dataclass
@@ -43,7 +44,7 @@ class AuditLog:
 async def _from_beginning(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     """A started consumer of every partition of ``topic`` from its first offset (no group, no commits)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+                                auto_offset_reset="earliest", isolation_level="read_committed")
     await consumer.start()
     return consumer
 
@@ -64,21 +65,9 @@ async def read_audit(bootstrap: str, topic: str, log: AuditLog, stop: asyncio.Ev
 async def read_audit_to_end(bootstrap: str, topic: str, timeout_s: float = 10.0) -> AuditLog:
     """Everything on the audit topic up to its current end (for reports and replays)."""
     log = AuditLog()
-    consumer = await _from_beginning(bootstrap, topic)
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not consumer.assignment():  # without a group, every partition is assigned once known
-            if asyncio.get_running_loop().time() > deadline:
-                raise DispatchError(f"no audit topic {topic!r} at {bootstrap}")
-            await asyncio.sleep(0.05)
-        parts = sorted(consumer.assignment())
-        ends = await consumer.end_offsets(parts)
-        while any(pos < ends[tp] for tp, pos in zip(parts, [await consumer.position(tp) for tp in parts], strict=True)):
-            for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                for m in msgs:
-                    log.add(m.value)
-    finally:
-        await consumer.stop()
+    async with topic_reader(bootstrap, topic, timeout_s=timeout_s) as consumer:
+        async for m in to_end(consumer):
+            log.add(m.value)
     return log
 
 
@@ -123,7 +112,9 @@ def summarise(log: AuditLog) -> dict[str, Any]:
         "by_trigger": dict(by_trigger),
         "shadow_would_change": dict(shadow_would),
         "settled": len(settled),
-        "released": sum(1 for (_, kind) in log.settlements if kind == "released"),
+        "expired": sum(1 for (_, kind) in log.settlements if kind in ("expired", "released")),
+        "duplicate_reports": sum(1 for (_, kind) in log.settlements if kind == "duplicate"),
+        "skipped_duplicates": sum(1 for (_, kind) in log.settlements if kind == "skipped"),
         "estimated_settled": str(est),
         "actual_settled": str(actual),
         "decision_p50_ms": round(pct(lat, 0.5), 3),
