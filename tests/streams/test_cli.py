@@ -74,3 +74,21 @@ def test_finance_report_reads_the_audit_topic(pipeline_settings, procs, monkeypa
     report = json.loads(result.stdout)
     assert {k: v["decisions"] for k, v in report["services"].items()} == {"alpha": 6, "beta": 6}
     assert report["totals"]["decisions"] == 12
+
+
+def test_a_worker_whose_executor_topics_are_missing_refuses_to_start_in_one_line(pipeline_settings, tmp_path):
+    import subprocess
+    import sys
+
+    from dispatch_core.policy import load_policy, parse_policy
+
+    data = load_policy().model_dump(mode="json")
+    data["classes"]["llm"]["tiers"][0]["executor"] = "llm-nowhere"
+    (tmp_path / "policy.json").write_text(parse_policy(data).canonical_json())
+    s = pipeline_settings.model_copy(update={"policy_file": tmp_path / "policy.json"})
+    done = subprocess.run([sys.executable, "-m", "dispatch_cli.main", "worker"], env={**s.as_env(), "PATH": "/usr/bin"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: missing topics ")
+    assert s.executor_topic("llm-nowhere") in lines[0] and "dispatch topics create" in lines[0]
