@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     transaction_timeout_s: float = 10.0  # an abandoned transaction is aborted by the broker after this
     producer_linger_ms: int = 2
+    producer_request_timeout_s: float = 40.0  # aiokafka's default; a send fails after this long without the broker
     producer_close_timeout_s: float = 5.0
     max_attempts: int = 3  # tries of a failing record before it is dead-lettered as poison
     retry_max_delay_s: float = 5.0  # backoff cap while Redis or the broker is unavailable

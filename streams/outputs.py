@@ -116,11 +116,12 @@ class KafkaOutputs:
     def _new(self, source: TopicPartition | None) -> AIOKafkaProducer:
         s = self.settings
         if source is None or not self.transactional:
-            return idempotent_producer(s.kafka_bootstrap, linger_ms=s.producer_linger_ms)
+            return idempotent_producer(s.kafka_bootstrap, linger_ms=s.producer_linger_ms,
+                                       request_timeout_s=s.producer_request_timeout_s)
         return AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap, transactional_id=f"{s.app_id}.{source.topic}.{source.partition}",
             linger_ms=s.producer_linger_ms, transaction_timeout_ms=int(s.transaction_timeout_s * 1000),
-            retry_backoff_ms=20,
+            request_timeout_ms=int(s.producer_request_timeout_s * 1000), retry_backoff_ms=20,
         )
 
     async def _producer(self, source: TopicPartition | None) -> AIOKafkaProducer:

@@ -15,9 +15,13 @@ from dispatch_core.settings import Settings
 from dispatch_core.task import Task, parse_task
 
 
-def idempotent_producer(bootstrap: str, linger_ms: int = 2) -> AIOKafkaProducer:
-    """The producer every dispatch-core writer uses: idempotent, acks from all in-sync replicas."""
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=linger_ms)
+def idempotent_producer(bootstrap: str, linger_ms: int = 2, request_timeout_s: float = 40.0) -> AIOKafkaProducer:
+    """The producer every dispatch-core writer uses: idempotent, acks from all in-sync replicas.
+
+    ``request_timeout_s`` also bounds how long a send waits through a broker outage before it fails.
+    """
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=linger_ms,
+                            request_timeout_ms=int(request_timeout_s * 1000))
 
 
 class TaskProducer:

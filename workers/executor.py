@@ -85,7 +85,7 @@ class Executor:
             s.executor_topic(self.name), bootstrap_servers=s.kafka_bootstrap, group_id=f"executor-{self.name}",
             enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
         )
-        producer = idempotent_producer(s.kafka_bootstrap)
+        producer = idempotent_producer(s.kafka_bootstrap, request_timeout_s=s.producer_request_timeout_s)
         redis = Redis.from_url(s.redis_url, decode_responses=True, socket_timeout=s.redis_timeout_s)
         claims = ExecutionClaims(redis, self.owner, lease_s=self.profile.lease_s)
         await consumer.start()
