@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections import Counter
 import socket
 import time
 from collections.abc import Callable
@@ -20,7 +21,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -36,8 +36,10 @@ from dispatch_core.settings import Settings
 from stack import process
 from stack.children import ProcessGroup
 from stack.errors import ServiceFailed
+from streams.consume import to_end, topic_reader
+from streams.dlq import DeadLetter
 from streams.producer import TaskProducer
-from streams.topics import DLQ_PARTITIONS, ensure_topics
+from streams.topics import ensure_topics
 from workers.finance import AuditLog, read_audit, summarise
 
 from .output import short
@@ -88,14 +90,11 @@ async def _wait(cond: Callable[[], bool], what: str, procs: ProcessGroup, timeou
         await asyncio.sleep(0.1)
 
 
-async def _dlq_count(s: Settings) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(s.topic_dlq, p) for p in range(DLQ_PARTITIONS)])
-        return sum(ends.values())
-    finally:
-        await consumer.stop()
+async def _dead_letters(s: Settings) -> dict[str, int]:
+    """Dead letters per reason, read committed (offsets alone would count transaction markers)."""
+    async with topic_reader(s.kafka_bootstrap, s.topic_dlq) as consumer:
+        return dict(Counter([DeadLetter.from_record(m.key, m.value, list(m.headers)).reason
+                             async for m in to_end(consumer)]))
 
 
 async def _budget_states(s: Settings, log: AuditLog) -> list[dict[str, Any]]:
@@ -114,8 +113,8 @@ async def _budget_states(s: Settings, log: AuditLog) -> list[dict[str, Any]]:
             limit = Decimal(b["limit"])
             spent, reserved = from_micros(state.spent), from_micros(state.reserved)
             out.append({"budget": b["budget_id"], "scope": b["scope"], "window": b["window"], "limit": str(limit),
-                        "spent": str(spent), "reserved": str(reserved),
-                        "utilisation_pct": round(float((spent + reserved) / limit * 100), 1)})
+                        "spent": str(spent), "presumed": str(from_micros(await ledger.presumed(key))),
+                        "reserved": str(reserved), "utilisation_pct": round(float((spent + reserved) / limit * 100), 1)})
     finally:
         await ledger.close()
     return out
@@ -184,7 +183,8 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
         log.decisions.pop(key)
         log.settlements.pop((key, "settled"), None)
         log.raw_events -= 2
-    summary = {"run_id": run_id, "tasks_in": tasks, **summarise(log), "dlq": await _dlq_count(s),
+    dead = await _dead_letters(s)
+    summary = {"run_id": run_id, "tasks_in": tasks, **summarise(log), "dlq": sum(dead.values()), "dlq_reasons": dead,
                "budgets": await _budget_states(s, log), "audit_topic": s.topic_audit,
                "policy_version": policy.version}
     return summary
@@ -214,7 +214,9 @@ def render(summary: dict[str, Any], console: Console) -> None:
     rows = [
         ("tasks in / decisions / routed / rejected",
          f"{summary['tasks_in']} / {summary['decisions']} / {summary['routed']} / {summary['rejected']}"),
-        ("dead letters", str(summary["dlq"])),
+        ("dead letters (by reason)", f"{summary['dlq']} {json.dumps(summary['dlq_reasons'])}"),
+        ("expired reservations / duplicate reports / repeats skipped by executors",
+         f"{summary['expired']} / {summary['duplicate_reports']} / {summary['skipped_duplicates']}"),
         ("audit events (decisions + settlements)", str(summary["audit_events"])),
         ("estimated vs actual cost of settled tasks", f"{summary['estimated_settled']} vs {summary['actual_settled']}"),
         ("shadow mode: enforcement would have changed", json.dumps(summary["shadow_would_change"])),
