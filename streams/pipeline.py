@@ -118,8 +118,11 @@ class Pipeline:
                 log.warning("ignoring an invalid load report at %s: %s", rec.source(), exc.errors()[0]["msg"])
                 continue
             latest[update.executor] = update
-        for u in latest.values():
-            await self.dispatcher.report_load(u.executor, u.saturation, u.at)
+        try:
+            for u in latest.values():
+                await self.dispatcher.report_load(u.executor, u.saturation, u.at)
+        except LedgerUnavailable as exc:  # a saturation report is only worth its freshness: the next one will do
+            log.info("load reports dropped while Redis is unavailable: %s", exc)
 
     async def expire_overdue(self) -> int:
         """Expire reservations nobody reported on in time and record each expiry, once.
@@ -134,6 +137,9 @@ class Pipeline:
                 await self.dispatcher.recorded(events)
         except (*Unavailable, Fenced) as exc:
             log.info("expiries wait for the next round: %s", exc)
+            return 0
+        except Exception:  # noqa: BLE001 - a bug here must not stop the timer; the expiries wait in Redis
+            log.exception("expiries wait for the next round after an unexpected error")
             return 0
         for e in events:
             metrics.SETTLEMENTS.labels(kind=e.kind.value).inc()

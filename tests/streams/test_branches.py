@@ -250,3 +250,11 @@ async def test_expiries_are_written_then_confirmed_once(world, redis_client):
     outputs.failures = [BrokerUnavailable("down")]
     assert await pipeline.expire_overdue() == 0  # could not write: left for a later round
     assert await redis_client.zrange(keys.UNRECORDED_EXPIRIES, 0, -1) == [decision_id_for("svc", "slow-2")]
+
+
+async def test_load_reports_during_a_redis_outage_are_dropped_not_fatal():
+    dead = RedisLedger.from_url("redis://127.0.0.1:1/0", timeout_s=0.1)
+    pipeline = Pipeline(Dispatcher(dead, PolicyStore(dead.redis), load_policy()), MemoryOutputs(), SETTINGS)
+    update = b'{"executor": "llm-large", "saturation": 1.0, "in_flight": 4, "capacity": 4, "at": "2026-11-25T10:00:00Z"}'
+    await pipeline.handle_load(records(update, b"{garbage", None, topic="t.load"))  # returns: nothing raised
+    await dead.close()
