@@ -30,6 +30,8 @@ def executor(
     all_: Annotated[bool, typer.Option("--all", help="run every executor the policy names")] = False,
     capacity: Annotated[int, typer.Option(help="tasks in flight per executor")] = 16,
     latency_scale: Annotated[float, typer.Option(help="scale the simulated run time")] = 1.0,
+    lease_s: Annotated[float, typer.Option("--lease-s", help="how long a claim holds without finishing; "
+                                           "longer than any run", min=0.1)] = 60.0,
     instance: Annotated[str | None, typer.Option(
         help="a stable name for this process (default: DISPATCH_WORKER_ID, else host:pid); after a crash "
              "the process re-runs what it had claimed under it")] = None,
@@ -52,7 +54,7 @@ def executor(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await run_executors(settings, policy, chosen, capacity=capacity, latency_scale=latency_scale, stop=stop,
-                            instance=instance or settings.worker_id)
+                            instance=instance or settings.worker_id, lease_s=lease_s)
 
     asyncio.run(main())
 

@@ -188,12 +188,13 @@ class Executor:
 
 async def run_executors(
     settings: Settings, policy: Policy, names: list[str], *, capacity: int = 16, latency_scale: float = 1.0,
-    stop: asyncio.Event | None = None, instance: str | None = None,
+    stop: asyncio.Event | None = None, instance: str | None = None, lease_s: float = 60.0,
 ) -> None:
     """Run several example executors in one process until ``stop`` is set."""
     stop = stop or asyncio.Event()
     executors = []
     for name in names:
         _, tier = policy.tier_of_executor(name)
-        executors.append(Executor(settings, name, Profile(tier.p95_ms, capacity, latency_scale), instance))
+        profile = Profile(tier.p95_ms, capacity, latency_scale, lease_s=lease_s)
+        executors.append(Executor(settings, name, profile, instance))
     await asyncio.gather(*(e.run(stop) for e in executors))
