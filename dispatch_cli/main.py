@@ -9,6 +9,7 @@ import typer
 
 from dispatch_core.settings import Settings, get_settings
 from stack import LocalStack
+from streams.kafka_client import harden_aiokafka
 
 from . import run as run_cmds
 from . import stack, topics
@@ -32,9 +33,11 @@ app.command()(run_cmds.submit)
 
 
 @app.callback()
-def _read_settings_first() -> None:
+def _before_every_command() -> None:
     # before any command reads them somewhere deep inside: a bad DISPATCH_* value is one error line
     read_settings()
+    # every command that talks to Kafka (worker, executors, demo, chaos...) survives an outage quietly
+    harden_aiokafka()
 
 
 async def run_demo(settings: Settings, kafka_version: str | None, keep: bool, tasks: int, rate: float,

@@ -44,6 +44,10 @@ class Runtime:
         self.app = app
         self._pipeline: Pipeline | None = None
         self._lock = asyncio.Lock()
+        self.stopping = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def pipeline(self) -> Pipeline:
         async with self._lock:
@@ -71,7 +75,31 @@ class Runtime:
         consumer: Any = self.app.consumer
         await consumer._commit(offsets)
 
-    async def close(self) -> None:
+    async def handle(self, handle: Callable[[list[Incoming]], Awaitable[None]], batch: list[Incoming]) -> bool:
+        """Handle one batch unless the worker is stopping; False once it is (leave the rest uncommitted)."""
+        if self.stopping:
+            return False
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            await handle(batch)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+        return True
+
+    async def close(self, wait_s: float = 10.0) -> None:
+        """Stop taking batches, let the ones in flight finish (bounded), then close the connections.
+
+        Closing under a batch in flight made it fail at shutdown (and the process exit 70 before
+        it could leave its group); an unfinished batch is simply redelivered.
+        """
+        self.stopping = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), wait_s)
+        except TimeoutError:
+            log.warning("stopping with a batch still in flight: it will be redelivered")
         if self._pipeline is not None:
             await self._pipeline.outputs.stop()
             await self._pipeline.dispatcher.ledger.close()
@@ -83,8 +111,9 @@ def _incoming(events: Any) -> list[Incoming]:
                      int(e.message.timestamp * 1000) if e.message.timestamp else None) for e in events]
 
 
-async def _drain(stream: Any, handle: Callable[[list[Incoming]], Awaitable[None]], size: int, within_s: float) -> None:
-    """Hand the stream to ``handle`` batch by batch.
+async def _drain(runtime: Runtime, stream: Any, handle: Callable[[list[Incoming]], Awaitable[None]], size: int,
+                 within_s: float) -> None:
+    """Hand the stream to ``handle`` batch by batch, until the worker stops.
 
     ``handle`` returns only once the batch is written and committed (or left to a partition's
     new owner); it raises only on cancellation (shutdown: the uncommitted batch is simply
@@ -93,10 +122,13 @@ async def _drain(stream: Any, handle: Callable[[list[Incoming]], Awaitable[None]
     """
     async for events in stream.take_events(size, within=within_s):
         try:
-            await handle(_incoming(events))
+            if not await runtime.handle(handle, _incoming(events)):
+                return
         except asyncio.CancelledError:
             raise
         except BaseException:
+            if runtime.stopping:
+                return
             log.critical("a batch of %d could not be handled: exiting so it is redelivered", len(events),
                          exc_info=True)
             logging.shutdown()
@@ -138,21 +170,22 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.agent(topic(settings.topic_tasks, acks=False), concurrency=1)
     async def dispatch(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
-        await _drain(stream, pipeline.handle_tasks, settings.batch_size, settings.batch_within_s)
+        await _drain(runtime, stream, pipeline.handle_tasks, settings.batch_size, settings.batch_within_s)
 
     @app.agent(topic(settings.topic_cost, acks=False), concurrency=1)
     async def settle(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
-        await _drain(stream, pipeline.handle_reports, settings.batch_size, settings.batch_within_s)
+        await _drain(runtime, stream, pipeline.handle_reports, settings.batch_size, settings.batch_within_s)
 
     @app.agent(topic(settings.topic_load, acks=True), concurrency=1)
     async def load(stream: faust.StreamT) -> None:
         pipeline = await runtime.pipeline()
-        await _drain(stream, pipeline.handle_load, 100, 0.05)
+        await _drain(runtime, stream, pipeline.handle_load, 100, 0.05)
 
     @app.timer(interval=1.0)
     async def expire_overdue() -> None:
-        await (await runtime.pipeline()).expire_overdue()
+        if not runtime.stopping:
+            await (await runtime.pipeline()).expire_overdue()
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types receivers as sync
     async def assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:

@@ -179,8 +179,10 @@ class KafkaOutputs:
                 # whatever state it is in (abortable, fatal, lost sequence), a new producer starts clean;
                 # for a transaction, its InitProducerId aborts what this one left open
                 self._discard(source)
-                if not isinstance(exc, (KafkaError, OSError)):
+                if isinstance(exc, asyncio.CancelledError):
                     raise
+                # aiokafka's transaction manager also raises bare AssertionError ("Invalid state
+                # transition") and IllegalOperation after a failed send: the producer's, not the record's
                 error = translate(exc)
                 if isinstance(error, Fenced) and (self._owned is None or source in self._owned):
                     # fenced, yet the group still gives us the partition: take it back and retry

@@ -6,13 +6,19 @@ validation is refused here with the reason instead of being sent to fail downstr
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from dispatch_core.settings import Settings
 from dispatch_core.task import Task, parse_task
+
+log = logging.getLogger(__name__)
 
 
 def idempotent_producer(bootstrap: str, linger_ms: int = 2, request_timeout_s: float = 40.0) -> AIOKafkaProducer:
@@ -22,6 +28,76 @@ def idempotent_producer(bootstrap: str, linger_ms: int = 2, request_timeout_s: f
     """
     return AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=linger_ms,
                             request_timeout_ms=int(request_timeout_s * 1000))
+
+
+class Deliverer:
+    """An idempotent producer that is replaced whenever a delivery fails, for writers that must
+    deliver (an executor's reports) through broker outages of any length.
+
+    After a failed delivery aiokafka's idempotent producer can hold a sequence number the broker
+    never saw, and every later batch to that partition then fails with OutOfOrderSequenceNumber
+    (aiokafka #1017): a new producer (a new producer id) is the cure.
+    """
+
+    def __init__(self, bootstrap: str, *, request_timeout_s: float = 40.0, max_delay_s: float = 5.0) -> None:
+        self.bootstrap = bootstrap
+        self.request_timeout_s = request_timeout_s
+        self.max_delay_s = max_delay_s
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+        self._failing_since: float | None = None
+
+    async def _current(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = idempotent_producer(self.bootstrap, request_timeout_s=self.request_timeout_s)
+                try:
+                    await producer.start()
+                except BaseException:
+                    await _stop_quietly(producer)
+                    raise
+                self._producer = producer
+            return self._producer
+
+    async def _replace(self, failed: AIOKafkaProducer) -> None:
+        async with self._lock:
+            if self._producer is failed:
+                self._producer = None
+                asyncio.get_running_loop().create_task(_stop_quietly(failed))
+
+    async def deliver(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Send and wait until the broker has it, however long that takes (backing off meanwhile)."""
+        delay = 0.1
+        while True:
+            producer: AIOKafkaProducer | None = None
+            try:
+                producer = await self._current()
+                await (await producer.send(topic, value, key=key))
+                if self._failing_since is not None:
+                    log.warning("delivering again after %.1f s", time.monotonic() - self._failing_since)
+                    self._failing_since = None
+                return
+            except (KafkaError, OSError, AssertionError) as exc:
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    log.warning("delivery to %s failed, retrying with a new producer: %r", topic, exc)
+                if producer is not None:
+                    await self._replace(producer)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_delay_s)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await _stop_quietly(self._producer)
+            self._producer = None
+
+
+async def _stop_quietly(producer: AIOKafkaProducer, timeout_s: float = 5.0) -> None:
+    """Stop a producer without waiting on an outage for longer than ``timeout_s``."""
+    try:
+        await asyncio.wait_for(producer.stop(), timeout_s)
+    except (KafkaError, OSError, TimeoutError):
+        pass
 
 
 class TaskProducer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from prometheus_client import start_http_server
 
@@ -35,4 +36,13 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
                 " to a free port, or 0 for none"
             ) from exc
     app, _ = create_app(settings)
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+    class Worker(faust.Worker):
+        """Faust's worker without its terminal spinner: the spinner sets the root logger to DEBUG,
+        so every aiokafka debug record was built and then dropped, and drew cursor codes into logs."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.spinner = None
+
+    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
@@ -36,7 +37,7 @@ from dispatch_core.policy import Policy
 from dispatch_core.settings import Settings
 from dispatch_core.settlement import ExecutorReport
 from streams.messages import LoadUpdate, RoutedTask
-from streams.producer import idempotent_producer
+from streams.producer import Deliverer
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Executor:
         self.done = 0
         self.duplicates = 0
         self._running: dict[str, asyncio.Future[None]] = {}  # decision id -> its run in this process
+        self._to_commit: dict[TopicPartition, int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -85,11 +87,10 @@ class Executor:
             s.executor_topic(self.name), bootstrap_servers=s.kafka_bootstrap, group_id=f"executor-{self.name}",
             enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
         )
-        producer = idempotent_producer(s.kafka_bootstrap, request_timeout_s=s.producer_request_timeout_s)
+        producer = Deliverer(s.kafka_bootstrap, request_timeout_s=s.producer_request_timeout_s)
         redis = Redis.from_url(s.redis_url, decode_responses=True, socket_timeout=s.redis_timeout_s)
         claims = ExecutionClaims(redis, self.owner, lease_s=self.profile.lease_s)
         await consumer.start()
-        await producer.start()
         reporter = asyncio.create_task(self._report_load(producer, stop))
         slots = asyncio.Semaphore(self.profile.capacity)
         pending: dict[TopicPartition, deque[tuple[int, asyncio.Task[None]]]] = defaultdict(deque)
@@ -112,17 +113,23 @@ class Executor:
             await producer.stop()
             await redis.aclose()
 
-    @staticmethod
-    async def _commit_done(consumer: AIOKafkaConsumer, pending: dict[TopicPartition, deque]) -> None:
-        """Commit each partition up to its oldest unfinished task: at-least-once, never past one."""
-        offsets = {}
+    async def _commit_done(self, consumer: AIOKafkaConsumer, pending: dict[TopicPartition, deque]) -> None:
+        """Commit each partition up to its oldest unfinished task: at-least-once, never past one.
+
+        A commit that fails (the broker is away) is tried again with the next one; until then a
+        restart would redeliver those tasks, and their claims make the executor skip them.
+        """
         for tp, queue in pending.items():
             while queue and queue[0][1].done():
                 offset, task = queue.popleft()
                 task.result()  # a failed report must not be committed past
-                offsets[tp] = offset + 1
-        if offsets:
-            await consumer.commit(offsets)
+                self._to_commit[tp] = offset + 1
+        if self._to_commit:
+            try:
+                await consumer.commit(dict(self._to_commit))
+                self._to_commit.clear()
+            except KafkaError as exc:
+                log.info("%s: offsets not committed yet: %r", self.name, exc)
 
     async def _claim(self, claims: ExecutionClaims, decision_id: str) -> Claim:
         """Claim the task, waiting while another owner runs it or Redis is unreachable."""
@@ -137,7 +144,7 @@ class Executor:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _execute(self, raw: bytes, producer: AIOKafkaProducer, claims: ExecutionClaims,
+    async def _execute(self, raw: bytes, producer: Deliverer, claims: ExecutionClaims,
                        slots: asyncio.Semaphore) -> None:
         try:
             task = RoutedTask.model_validate_json(raw)
@@ -173,16 +180,15 @@ class Executor:
             dispatch_ms=(received - task.created_at).total_seconds() * 1000.0, finished_at=datetime.now(UTC),
             charge_scopes=task.charge_scopes,
         )
-        await (await producer.send(self.settings.topic_cost, key=task.decision_id.encode(),
-                                   value=report.model_dump_json().encode()))
+        await producer.deliver(self.settings.topic_cost, report.model_dump_json().encode(), key=task.decision_id.encode())
         self.done += outcome == "succeeded"
 
-    async def _report_load(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
+    async def _report_load(self, producer: Deliverer, stop: asyncio.Event) -> None:
         while not stop.is_set():
             cap = self.profile.capacity
             update = LoadUpdate(executor=self.name, saturation=min(1.0, self.in_flight / cap),
                                 in_flight=self.in_flight, capacity=cap, at=datetime.now(UTC))
-            await producer.send(self.settings.topic_load, key=self.name.encode(), value=update.model_dump_json().encode())
+            await producer.deliver(self.settings.topic_load, update.model_dump_json().encode(), key=self.name.encode())
             await asyncio.sleep(self.profile.load_every_s)
 
 
