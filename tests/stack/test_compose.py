@@ -70,3 +70,13 @@ def test_example_executors_are_executors_of_the_default_policy(services: dict[st
     assert len(executors) >= 2
     assert executors <= set(load_policy().executors())
     assert (REPO / "Dockerfile").exists()
+
+
+def test_a_one_node_broker_can_run_the_workers_transactions_and_restarts_keep_their_names(
+        services: dict[str, Any]) -> None:
+    env = services["kafka"]["environment"]
+    assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == 1 and env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == 1
+    assert services["worker"]["environment"]["DISPATCH_WORKER_ID"]  # static membership: fast restarts in place
+    instances = [s["command"][s["command"].index("--instance") + 1]
+                 for s in services.values() if s.get("command", [""])[0] == "executor"]
+    assert instances and len(set(instances)) == len(instances)  # a stable, unique claim owner each
