@@ -27,7 +27,7 @@ from typing import Any, Literal
 from dispatch_core.decision import Arm, Decision, Mode, Trigger, decision_id_for
 from dispatch_core.engine import Plan, Snapshot, apply_plan, conflict, decide, fallback, invalid, ledger_keys, reject
 from dispatch_core.errors import LedgerUnavailable, PolicyError
-from dispatch_core.ledger import RedisLedger
+from dispatch_core.ledger import RedisLedger, Stored
 from dispatch_core.policy import Policy
 from dispatch_core.policy_store import PolicyStore
 from dispatch_core.rollout import Rollout, arm_for
@@ -36,6 +36,14 @@ from dispatch_core.task import Task
 
 FailMode = Literal["closed", "open"]
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A decision for one input, and whether that input repeats a task another input already brought."""
+
+    decision: Decision
+    repeat: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,24 +99,36 @@ class Dispatcher:
 
     async def decide(self, tasks: Sequence[Task]) -> list[Decision]:
         """Decide a batch; exactly one decision per task, in order."""
+        return [v.decision for v in await self.decide_inputs(tasks)]
+
+    async def decide_inputs(self, tasks: Sequence[Task], sources: Sequence[str | None] | None = None) -> list[Verdict]:
+        """Decide a batch of inputs; ``sources`` name each input record (e.g. ``topic/partition/offset``).
+
+        A verdict is a ``repeat`` when its task was already decided for another input record:
+        the same task sent twice. Its outputs exist, or will, from that record, so a stream
+        writes nothing for it; the same record again (a redelivery) is not a repeat.
+        """
         t0 = time.perf_counter()
         now = self.clock()
         ids = {decision_id_for(t.service, t.task_id) for t in tasks}
+        sources = sources or [None] * len(tasks)
         routes = await self._routes(tasks)
         try:
-            decisions = await self._decide(tasks, routes, now)
+            verdicts = await self._decide(tasks, sources, routes, now)
         except LedgerUnavailable as exc:
             if ids & self._uncertain:
                 # a commit for these tasks may have landed before Redis went away: a fallback
                 # decision could contradict it, so wait for Redis (the caller retries) instead
                 raise
-            decisions = [
-                fallback(t, r.policy, now, mode=r.mode, arm=r.arm, fail_open=self.fail_mode == "open", reason=str(exc))
+            verdicts = [
+                Verdict(fallback(t, r.policy, now, mode=r.mode, arm=r.arm, fail_open=self.fail_mode == "open",
+                                 reason=str(exc)))
                 for t, r in zip(tasks, routes, strict=True)
             ]
         self._uncertain -= ids
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        return [d.model_copy(update={"decision_latency_ms": latency_ms}) for d in decisions]
+        return [dataclasses.replace(v, decision=v.decision.model_copy(update={"decision_latency_ms": latency_ms}))
+                for v in verdicts]
 
     def _cached(self, scope_keys: list[str], baseline_keys: list[str]) -> Snapshot | None:
         """A snapshot from the cache if every key (and the load) is fresh enough, else None."""
@@ -161,8 +181,15 @@ class Dispatcher:
             routes.append(_Route(policy, svc.mode, arm))
         return routes
 
-    async def _decide(self, tasks: Sequence[Task], routes: list[_Route], now: datetime) -> list[Decision]:
-        results: list[Decision | None] = [None] * len(tasks)
+    async def _decide(self, tasks: Sequence[Task], sources: Sequence[str | None], routes: list[_Route],
+                      now: datetime) -> list[Verdict]:
+        results: list[Verdict | None] = [None] * len(tasks)
+
+        def again(i: int, first: Stored) -> Verdict:
+            """The stored decision back: a redelivery of its record, or a repeat from another record."""
+            repeat = None not in (first.source, sources[i]) and first.source != sources[i]
+            return Verdict(first.decision, repeat=repeat)
+
         pending = list(range(len(tasks)))
         for round_no in range(self.max_rounds):
             scope_keys: list[str] = []
@@ -174,7 +201,7 @@ class Dispatcher:
             ids = [decision_id_for(tasks[i].service, tasks[i].task_id) for i in pending]
             cached = self._cached(scope_keys, baseline_keys) if round_no == 0 else None
             if cached is not None:
-                snap, stored = cached, dict[str, Decision]()  # a redelivery is still caught: the commit returns its stored decision
+                snap, stored = cached, dict[str, Stored]()  # a redelivery is still caught: the commit returns its stored decision
             else:
                 snap, stored = await self.ledger.read(scope_keys, baseline_keys, ids)
                 self._remember(snap, with_load=True)
@@ -182,15 +209,15 @@ class Dispatcher:
             for i, did in zip(pending, ids, strict=True):
                 route = routes[i]
                 first = stored.get(did)
-                if first is not None and first.task_hash in (None, tasks[i].content_hash):
-                    results[i] = first  # a redelivery: its decision, and no second charge
+                if first is not None and first.decision.task_hash in (None, tasks[i].content_hash):
+                    results[i] = again(i, first)  # its decision, and no second charge
                     continue
                 plan = decide(
                     tasks[i], route.policy, snap, now, mode=route.mode, arm=route.arm,
                     reservation_ttl_s=self.reservation_ttl_s,
                 )
                 if first is not None:  # the id was decided for other content
-                    results[i] = conflict(plan.decision, first)
+                    results[i] = Verdict(conflict(plan.decision, first.decision))
                     continue
                 if route.missing:
                     d = reject(plan.decision, Trigger.POLICY, f"rejected: {route.missing}")
@@ -200,7 +227,8 @@ class Dispatcher:
                 apply_plan(snap, plan)
                 planned.append((i, plan))
             try:
-                commits, after = await self.ledger.commit([p for _, p in planned], scope_keys, baseline_keys)
+                commits, after = await self.ledger.commit([p for _, p in planned], scope_keys, baseline_keys,
+                                                          [sources[i] for i, _ in planned])
             except LedgerUnavailable:
                 self._uncertain.update(p.decision.decision_id for _, p in planned)
                 raise
@@ -208,12 +236,13 @@ class Dispatcher:
             pending = []
             for (i, plan), res in zip(planned, commits, strict=True):
                 if res.status == "ok":
-                    results[i] = plan.decision
+                    results[i] = Verdict(plan.decision)
                 elif res.status == "dup":
-                    results[i] = res.stored
+                    assert res.stored is not None
+                    results[i] = again(i, res.stored)
                 elif res.status == "conflict":
                     assert res.stored is not None
-                    results[i] = conflict(plan.decision, res.stored)
+                    results[i] = Verdict(conflict(plan.decision, res.stored.decision))
                 else:
                     pending.append(i)
             if not pending:

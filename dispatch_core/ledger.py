@@ -17,6 +17,7 @@ from decimal import Decimal
 from importlib import resources
 from typing import Literal
 
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from dispatch_core import keys
@@ -32,11 +33,36 @@ def _lua(name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Stored:
+    """A decision as the ledger keeps it, with the input it was decided for (e.g. topic/partition/offset)."""
+
+    decision: Decision
+    source: str | None
+
+    @classmethod
+    def parse(cls, raw: str) -> Stored:
+        if raw.startswith('{"source"'):
+            kept = _StoredRecord.model_validate_json(raw)
+            return cls(kept.decision, kept.source)
+        return cls(Decision.model_validate_json(raw), None)  # stored before sources were kept
+
+
+class _StoredRecord(BaseModel):
+    source: str | None
+    decision: Decision
+
+
+def _record(decision: Decision, source: str | None) -> str:
+    """The stored form; the decision's JSON is spliced in, not re-serialised."""
+    return f'{{"source":{json.dumps(source)},"decision":{decision.model_dump_json()}}}'
+
+
+@dataclass(frozen=True, slots=True)
 class CommitResult:
     """What the ledger did with one planned decision."""
 
     status: Literal["ok", "dup", "conflict", "over"]
-    stored: Decision | None = None  # the first decision of this task id, when status is "dup" or "conflict"
+    stored: Stored | None = None  # the first decision of this task id, when status is "dup" or "conflict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +128,14 @@ class RedisLedger:
 
     async def read(
         self, scope_keys: Iterable[str], baseline_keys: Iterable[str], decision_ids: Iterable[str]
-    ) -> tuple[Snapshot, dict[str, Decision]]:
+    ) -> tuple[Snapshot, dict[str, Stored]]:
         """Everything a batch of decisions needs, in one round trip (one Lua read)."""
         scopes, baselines, ids = sorted(set(scope_keys)), sorted(set(baseline_keys)), sorted(set(decision_ids))
         args: list[str | int] = [len(scopes), len(baselines), len(ids), *scopes, *baselines, *ids]
         reply = await guarded(lambda: self._snapshot(args=args))
         snap = _state(reply, scopes, baselines)
         at = 3 * (len(scopes) + len(baselines))
-        stored = {d: Decision.model_validate_json(raw) for d, raw in zip(ids, reply[at : at + len(ids)], strict=True) if raw}
+        stored = {d: Stored.parse(raw) for d, raw in zip(ids, reply[at : at + len(ids)], strict=True) if raw}
         load = reply[at + len(ids) :]
         for executor, raw in zip(load[0::2], load[1::2], strict=True):
             try:
@@ -122,16 +148,17 @@ class RedisLedger:
         return snap, stored
 
     async def commit(
-        self, plans: Sequence[Plan], scope_keys: Iterable[str] = (), baseline_keys: Iterable[str] = ()
+        self, plans: Sequence[Plan], scope_keys: Iterable[str] = (), baseline_keys: Iterable[str] = (),
+        sources: Sequence[str | None] | None = None,
     ) -> tuple[list[CommitResult], Snapshot]:
-        """Commit planned decisions atomically and in order.
+        """Commit planned decisions atomically and in order; ``sources`` name each plan's input.
 
         Also returns the state of ``scope_keys`` and ``baseline_keys`` right after the batch
         (no load), in the same round trip.
         """
         scopes, baselines = sorted(set(scope_keys)), sorted(set(baseline_keys))
         items = []
-        for plan in plans:
+        for plan, source in zip(plans, sources or [None] * len(plans), strict=True):
             model = plan.complexity
             items.append(
                 {
@@ -139,7 +166,7 @@ class RedisLedger:
                     "h": plan.decision.task_hash,
                     "cur": plan.decision.currency,
                     "who": [plan.decision.task_id, plan.decision.service, plan.decision.executor or ""],
-                    "rec": plan.decision.model_dump_json(),
+                    "rec": _record(plan.decision, source),
                     "ttl": self.decision_ttl_ms,
                     "amt": plan.amount,
                     "enforce": 1 if plan.enforce else 0,
@@ -157,7 +184,7 @@ class RedisLedger:
         n = 2 * len(items)
         out = []
         for status, stored in zip(reply[0:n:2], reply[1:n:2], strict=True):
-            out.append(CommitResult(status, Decision.model_validate_json(stored) if stored else None))
+            out.append(CommitResult(status, Stored.parse(stored) if stored else None))
         return out, _state(reply[n:], scopes, baselines)
 
     async def settle(self, decision_id: str, actual: Decimal, identity: str, charge_scopes: Sequence[str] = ()) -> Settlement:

@@ -17,7 +17,10 @@ BUDGET_UTILISATION = Gauge(
 )
 DLQ = Counter("dispatch_dead_letters_total", "Inputs sent to the dead-letter topic", ["reason"])
 SETTLEMENTS = Counter("dispatch_settlements_total", "Settlement events by kind (settled, expired, duplicate...)", ["kind"])
-UNAVAILABLE = Gauge("dispatch_waiting_unavailable", "1 while batches wait for Redis or the broker to come back")
+REPEATS = Counter("dispatch_repeated_inputs_total",
+                  "Tasks sent again (same id and content) as another record: acknowledged, not routed again")
+UNAVAILABLE = Gauge("dispatch_waiting_unavailable", "1 while batches wait for Redis or the broker to come back",
+                    ["what"])
 
 
 def observe(decision: Decision) -> None:

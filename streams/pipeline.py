@@ -56,6 +56,7 @@ class _Part:
     decisions: list[Decision] = field(default_factory=list)  # counted in metrics once written
     settlements: list[SettlementEvent] = field(default_factory=list)
     dead: list[str] = field(default_factory=list)  # dead-letter reasons, for metrics
+    repeats: int = 0  # inputs that repeated a task already decided for another input
 
 
 Plan = dict[TopicPartition, _Part]
@@ -63,9 +64,14 @@ Planner = Callable[[list[Incoming]], Awaitable[Plan]]
 
 
 class _Outage:
-    """Logs an outage once when it starts, every ``every_s`` while it lasts, and once when it ends."""
+    """Logs an outage once when it starts, every ``every_s`` while it lasts, and once when it ends.
 
-    def __init__(self, every_s: float = 30.0) -> None:
+    One per kind of batch: task batches may go on (fail-closed) while report batches wait for
+    Redis, and one shared state would flip between the two several times a second.
+    """
+
+    def __init__(self, what: str, every_s: float = 30.0) -> None:
+        self.what = what
         self.every_s = every_s
         self.since: float | None = None
         self._logged = 0.0
@@ -74,16 +80,16 @@ class _Outage:
         now = time.monotonic()
         if self.since is None:
             self.since = self._logged = now
-            metrics.UNAVAILABLE.set(1)
-            log.warning("unavailable, batches wait and are retried: %s", exc)
+            metrics.UNAVAILABLE.labels(what=self.what).set(1)
+            log.warning("%s wait and are retried, unavailable: %s", self.what, exc)
         elif now - self._logged >= self.every_s:
             self._logged = now
-            log.warning("still unavailable after %.0f s: %s", now - self.since, exc)
+            log.warning("%s still waiting after %.0f s: %s", self.what, now - self.since, exc)
 
     def up(self) -> None:
         if self.since is not None:
-            log.warning("available again after %.1f s", time.monotonic() - self.since)
-            metrics.UNAVAILABLE.set(0)
+            log.warning("%s go on, available again after %.1f s", self.what, time.monotonic() - self.since)
+            metrics.UNAVAILABLE.labels(what=self.what).set(0)
             self.since = None
 
 
@@ -96,17 +102,20 @@ class Pipeline:
         self.settings = settings
         self.worker = worker
         self.limits = InputLimits(settings.max_task_bytes, settings.max_task_depth)
-        self.outage = _Outage()
+        self._outages: dict[str, _Outage] = {}
 
     # --- entry points, one per consumed topic ------------------------------------------------
 
     async def handle_tasks(self, batch: list[Incoming]) -> None:
         """Decide a batch of task records; route, audit or dead-letter every one, then commit it."""
-        await self._run(batch, self._plan_tasks)
+        await self._run(batch, self._plan_tasks, self._outage("task batches"))
 
     async def handle_reports(self, batch: list[Incoming]) -> None:
         """Settle reservations with what executors report, and record each settlement."""
-        await self._run(batch, self._plan_reports)
+        await self._run(batch, self._plan_reports, self._outage("report batches"))
+
+    def _outage(self, what: str) -> _Outage:
+        return self._outages.setdefault(what, _Outage(what))
 
     async def handle_load(self, batch: list[Incoming]) -> None:
         """Keep the latest saturation of each executor in Redis for the ``load`` trigger."""
@@ -147,7 +156,7 @@ class Pipeline:
 
     # --- one batch: plan once, write per partition, retry by kind -------------------------------
 
-    async def _run(self, batch: list[Incoming], planner: Planner) -> None:
+    async def _run(self, batch: list[Incoming], planner: Planner, outage: _Outage) -> None:
         plan: Plan | None = None
         attempts = 0
         delay = 0.05
@@ -156,14 +165,14 @@ class Pipeline:
                 if plan is None:
                     plan = await planner(batch)
                 await self._write(plan)  # drops each partition from the plan once it is written
-                self.outage.up()
+                outage.up()
                 return
             except Unavailable as exc:
-                self.outage.down(exc)
+                outage.down(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max_delay_s)
             except RecordRejected as exc:
-                await self._isolate(self._left(batch, plan), planner, exc)
+                await self._isolate(self._left(batch, plan), planner, outage, exc)
                 return
             except Exception as exc:  # noqa: BLE001 - a bug must cost one record, never the partition
                 attempts += 1
@@ -173,7 +182,7 @@ class Pipeline:
                     plan = None  # plan again: the failure may have been in planning
                     await asyncio.sleep(delay)
                     continue
-                await self._isolate(self._left(batch, plan), planner, exc)
+                await self._isolate(self._left(batch, plan), planner, outage, exc)
                 return
 
     @staticmethod
@@ -183,16 +192,16 @@ class Pipeline:
             return batch
         return [r for r in batch if TopicPartition(r.topic, r.partition) in plan]
 
-    async def _isolate(self, records: list[Incoming], planner: Planner, exc: BaseException) -> None:
+    async def _isolate(self, records: list[Incoming], planner: Planner, outage: _Outage, exc: BaseException) -> None:
         """Try records one at a time; one that fails alone is dead-lettered as poison."""
         if len(records) == 1:
-            await self._dead_letter_alone(records[0], exc)
+            await self._dead_letter_alone(records[0], exc, outage)
             return
         log.error("batch of %d keeps failing (%r): trying its records one by one", len(records), exc)
         for rec in records:
-            await self._run([rec], planner)
+            await self._run([rec], planner, outage)
 
-    async def _dead_letter_alone(self, rec: Incoming, exc: BaseException) -> None:
+    async def _dead_letter_alone(self, rec: Incoming, exc: BaseException, outage: _Outage) -> None:
         """Dead-letter one record that cannot be processed; if even that fails, move past it, loudly."""
         reason = "undeliverable" if isinstance(exc, RecordRejected) else "poison"
         log.error("dead-lettering %s as %s: %r", rec.source(), reason, exc)
@@ -202,7 +211,7 @@ class Pipeline:
             letter = DeadLetter.of(rec, reason, error, attempts=self.settings.max_attempts, worker=self.worker,
                                    max_value_bytes=keep)
             try:
-                await self._run_write({tp: _Part([self._dlq_out(letter)], rec.offset + 1, dead=[reason])})
+                await self._run_write({tp: _Part([self._dlq_out(letter)], rec.offset + 1, dead=[reason])}, outage)
                 return
             except Exception as last:  # noqa: BLE001 - see below
                 failure = last
@@ -210,17 +219,17 @@ class Pipeline:
         # stays at its offset on its topic, and this line says where
         log.critical("could not dead-letter %s (%r): moving past it; it is still at that offset", rec.source(),
                      failure)
-        await self._run_write({tp: _Part([], rec.offset + 1, dead=["dropped"])})
+        await self._run_write({tp: _Part([], rec.offset + 1, dead=["dropped"])}, outage)
 
-    async def _run_write(self, plan: Plan) -> None:
+    async def _run_write(self, plan: Plan, outage: _Outage) -> None:
         """Write, waiting out unavailability (for dead letters, which must not fail again)."""
         delay = 0.05
         while plan:
             try:
                 await self._write(plan)
-                self.outage.up()
+                outage.up()
             except Unavailable as exc:
-                self.outage.down(exc)
+                outage.down(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max_delay_s)
 
@@ -251,6 +260,7 @@ class Pipeline:
             metrics.SETTLEMENTS.labels(kind=e.kind.value).inc()
         for reason in part.dead:
             metrics.DLQ.labels(reason=reason).inc()
+        metrics.REPEATS.inc(part.repeats)
 
     # --- planning: what each record becomes --------------------------------------------------
 
@@ -276,9 +286,14 @@ class Pipeline:
                     part.decisions.append(rejection)
                 continue
             valid.append((task, text, rec))
-        decisions = await self.dispatcher.decide([t for t, *_ in valid]) if valid else []
-        for decision, (task, text, rec) in zip(decisions, valid, strict=True):
+        verdicts = await self.dispatcher.decide_inputs(
+            [t for t, *_ in valid], [f"{r.topic}/{r.partition}/{r.offset}" for *_, r in valid]) if valid else []
+        for verdict, (task, text, rec) in zip(verdicts, valid, strict=True):
             part = self._part(plan, rec)
+            decision = verdict.decision
+            if verdict.repeat:  # the same task sent twice: its decision and route come from the first copy
+                part.repeats += 1
+                continue
             part.outs.append(self._decision_out(decision))
             part.decisions.append(decision)
             if Trigger.CONFLICT in decision.triggers:

@@ -140,7 +140,8 @@ class Executor:
                 if state != "running":
                     return state
             except LedgerUnavailable as exc:
-                log.warning("%s: cannot claim %s yet: %s", self.name, decision_id, exc)
+                if delay == 0.05:
+                    log.warning("%s: cannot claim %s yet, retrying: %s", self.name, decision_id, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -153,35 +154,50 @@ class Executor:
             log.error("%s: skipping a message that is not a routed task: %s", self.name, exc)
             return
         received = datetime.now(UTC)
-        earlier = self._running.get(task.decision_id)
-        if earlier is not None:  # delivered twice to this process: the first delivery runs it
+        did = task.decision_id
+        while (earlier := self._running.get(did)) is not None:  # delivered twice to this process: one at a time
             await asyncio.shield(earlier)
-        claim = await self._claim(claims, task.decision_id)
+        mine = self._running[did] = asyncio.get_running_loop().create_future()  # no await since the check
         outcome: Literal["succeeded", "duplicate"] = "duplicate"
         run_s, actual = 0.0, Decimal(0)
-        if claim == "run":
-            self.in_flight += 1
-            self._running[task.decision_id] = asyncio.get_running_loop().create_future()
-            try:
-                run_s, actual = simulate(task, self.profile)
-                await asyncio.sleep(run_s)
-                await claims.done(task.decision_id)  # before the report: a crash after it never re-runs
-            finally:
-                self.in_flight -= 1
-                self._running.pop(task.decision_id).set_result(None)
-            outcome = "succeeded"
-        else:
-            self.duplicates += 1
-            log.info("%s: %s already ran: acknowledged and skipped", self.name, task.decision_id)
-        slots.release()
+        try:
+            if await self._claim(claims, did) == "run":
+                self.in_flight += 1
+                try:
+                    run_s, actual = simulate(task, self.profile)
+                    await asyncio.sleep(run_s)
+                finally:
+                    self.in_flight -= 1
+                await self._finished(claims, did)  # before the report: a crash after it never re-runs
+                outcome = "succeeded"
+            else:
+                self.duplicates += 1
+                log.info("%s: %s already ran: acknowledged and skipped", self.name, did)
+        finally:
+            del self._running[did]
+            mine.set_result(None)
+            slots.release()
         report = ExecutorReport(
-            decision_id=task.decision_id, report_id=str(uuid.uuid4()), outcome=outcome, task_id=task.task_id,
+            decision_id=did, report_id=str(uuid.uuid4()), outcome=outcome, task_id=task.task_id,
             service=task.service, executor=self.name, actual=actual, currency=task.currency, run_ms=run_s * 1000.0,
             dispatch_ms=(received - task.created_at).total_seconds() * 1000.0, finished_at=datetime.now(UTC),
             charge_scopes=task.charge_scopes,
         )
-        await producer.deliver(self.settings.topic_cost, report.model_dump_json().encode(), key=task.decision_id.encode())
+        await producer.deliver(self.settings.topic_cost, report.model_dump_json().encode(), key=did.encode())
         self.done += outcome == "succeeded"
+
+    async def _finished(self, claims: ExecutionClaims, decision_id: str) -> None:
+        """Mark the run done, waiting out a Redis outage: the run happened and must not happen again."""
+        delay = 0.05
+        while True:
+            try:
+                await claims.done(decision_id)
+                return
+            except LedgerUnavailable as exc:
+                if delay == 0.05:
+                    log.warning("%s: cannot mark %s done yet, retrying: %s", self.name, decision_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _report_load(self, producer: Deliverer, stop: asyncio.Event) -> None:
         while not stop.is_set():

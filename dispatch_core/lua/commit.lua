@@ -1,7 +1,7 @@
 -- Commit a batch of decisions atomically, in order. Idempotent by decision id.
 -- ARGV[1]: JSON array of items:
 --   {d: decision id, h: task content hash, cur: currency, who: [task id, service, executor],
---    rec: record JSON, ttl: record lifetime ms,
+--    rec: record JSON ({source, decision}; older records are the bare decision), ttl: record lifetime ms,
 --    amt: micro-units to reserve,
 --    enforce: 0|1, scopes: [{k: budget key, lim: cap, exp: key expiry ms}], exp: reservation expiry ms,
 --    bl: {k, x: raw complexity, a: alpha, m0: prior mean, v0: prior variance},
@@ -19,7 +19,8 @@ for _, it in ipairs(items) do
   local dkey = 'dc:decision:' .. it.d
   local existing = redis.call('GET', dkey)
   if existing then
-    local stored_h = cjson.decode(existing).task_hash  -- absent (cjson.null/nil) in records from before hashes
+    local doc = cjson.decode(existing)
+    local stored_h = (doc.decision or doc).task_hash  -- absent (cjson.null/nil) in records from before hashes
     if type(stored_h) == 'string' and type(it.h) == 'string' and stored_h ~= it.h then
       out[#out + 1] = 'conflict'
     else

@@ -120,13 +120,27 @@ async def test_a_reused_task_id_is_refused_recorded_and_dead_lettered_never_rout
     pipeline, outputs = world
     await pipeline.handle_tasks(records(task("dup", tenant="acme"), task("dup", tenant="acme"),
                                         task("dup", tenant="globex")))
-    first, again, conflict = audit(outputs)
-    assert again == first | {"decision_latency_ms": again["decision_latency_ms"]}  # redelivery: same decision
+    first, conflict = audit(outputs)  # the second copy repeats the first: nothing written for it
     assert conflict["triggers"][-1] == "conflict" and conflict["decision_id"] != first["decision_id"]
     assert conflict["executor"] is None and first["decision_id"] in conflict["rationale"]
-    assert len(routed(outputs)) == 2  # the first and its redelivery (the executor's claim runs it once)
+    assert len(routed(outputs)) == 1
     (letter,) = letters(outputs)
     assert (letter.reason, letter.offset, letter.task_id) == ("conflict", 2, "dup")
+
+
+async def test_a_redelivered_record_writes_its_outputs_again_a_resent_copy_does_not(world):
+    """A redelivery means its batch was not committed (its outputs were aborted): they are written
+    again, the same. A copy sent again as another record finds its first record's outputs there."""
+    pipeline, outputs = world
+    batch = records(task("once"))
+    await pipeline.handle_tasks(batch)
+    await pipeline.handle_tasks(batch)  # the same record again
+    first, again = audit(outputs)
+    assert again == first | {"decision_latency_ms": again["decision_latency_ms"]}
+    assert len(routed(outputs)) == 2
+    resent = [Incoming(task("once"), "t.tasks", 0, 9)]  # the same task, a later record
+    await pipeline.handle_tasks(resent)
+    assert len(audit(outputs)) == 2 and len(routed(outputs)) == 2 and outputs.offsets == {TASKS: 10}
 
 
 async def test_the_broker_down_while_writing_retries_the_same_outputs_and_logs_once(world, caplog):
@@ -137,7 +151,7 @@ async def test_the_broker_down_while_writing_retries_the_same_outputs_and_logs_o
     assert outputs.attempts == 5 and outputs.offsets == {TASKS: 3}
     assert len(audit(outputs)) == 2 and len(letters(outputs)) == 1  # written once: no repeated dead letters
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2 and "unavailable" in lines[0] and "available again" in lines[1]
+    assert len(lines) == 2 and "task batches wait" in lines[0] and "available again" in lines[1]
 
 
 async def test_a_partition_taken_over_by_another_worker_is_left_to_it(world):
@@ -158,14 +172,14 @@ async def test_a_record_the_broker_refuses_is_dead_lettered_alone_the_rest_are_w
 
 async def test_a_record_that_crashes_the_engine_is_dead_lettered_as_poison_after_bounded_tries(world, monkeypatch):
     pipeline, outputs = world
-    real = pipeline.dispatcher.decide
+    real = pipeline.dispatcher.decide_inputs
 
-    async def decide(tasks):
+    async def decide_inputs(tasks, sources):
         if any(t.task_id == "boom" for t in tasks):
             raise ZeroDivisionError("a bug only this task reaches")
-        return await real(tasks)
+        return await real(tasks, sources)
 
-    monkeypatch.setattr(pipeline.dispatcher, "decide", decide)
+    monkeypatch.setattr(pipeline.dispatcher, "decide_inputs", decide_inputs)
     await pipeline.handle_tasks(records(task("a"), task("boom"), task("b")))
     (letter,) = letters(outputs)
     assert (letter.reason, letter.offset, letter.attempts) == ("poison", 1, SETTINGS.max_attempts)
