@@ -452,8 +452,7 @@ class Rig:
             if running:
                 self.notes.append(f"the producer was still sending after {drain_s:.0f} s")
         expect = self.expect()
-        if not await self.until(lambda: not self.pending(expect), "the end state", drain_s):
-            self.notes.append("pending: " + ", ".join(self.pending(expect)))
+        await self._drain(expect, drain_s, stall_s=self.settings.reservation_ttl_s + 10)
         resends = sum(f.resends for f in self.feeders)
         if resends:
             self.notes.append(f"{resends} producer resends")
@@ -463,6 +462,25 @@ class Rig:
         self.ledger.final = await self._budgets()
         return account(self.name, crossed, expect, self.ledger, live=self.seen, recover=self.recover() if self.faults else None,
                        notes=[*notes, *self.notes, *self.exits])
+
+    async def _drain(self, expect: Expect, timeout_s: float, stall_s: float) -> None:
+        """Wait until nothing is pending; give up (noted) when no worker is left, nothing moved for
+        ``stall_s`` (longer than the reservation TTL, after which every reservation has expired), or at
+        ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        last: list[str] = []
+        moved = time.monotonic()
+        while pending := self.pending(expect):
+            self.watch()
+            now = time.monotonic()
+            if pending != last:
+                last, moved = pending, now
+            why = self.stalled() or (f"nothing moved for {stall_s:.0f} s" if now - moved > stall_s else None) or (
+                f"timed out after {timeout_s:.0f} s" if now > deadline else None)
+            if why:
+                self.notes.append(f"gave up waiting ({why}) with {', '.join(pending)} pending")
+                return
+            await asyncio.sleep(0.1)
 
     # --- background readers ---------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from decimal import Decimal
 
+from dispatch_core.errors import DispatchError
 from dispatch_core.settings import Settings
 
 from .account import Row
@@ -33,8 +34,14 @@ async def run_chaos(base: Settings, names: list[str], *, quick: bool, say: Calla
     stack = PrivateStack(base, secrets.token_hex(3))
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()
-    if main is not None:
-        loop.add_signal_handler(signal.SIGTERM, main.cancel)  # cleanup runs as for Ctrl-C
+    terminated: list[bool] = []
+
+    def on_sigterm() -> None:  # cleanup runs as for Ctrl-C
+        terminated.append(True)
+        if main is not None:
+            main.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     rows: list[Row] = []
     try:
         say(f"chaos: private Kafka + Redis under {stack.dir} ({stack.settings.kafka_bootstrap}, "
@@ -49,10 +56,13 @@ async def run_chaos(base: Settings, names: list[str], *, quick: bool, say: Calla
                 rows.append(failed(name, exc))
             say(f"chaos: {name} done in {time.monotonic() - started:.0f} s")
             await stack.up()  # a scenario that failed mid-fault may have left a service down
+    except asyncio.CancelledError:
+        if terminated:
+            raise DispatchError("chaos: stopped by SIGTERM (every process it started is stopped)") from None
+        raise
     finally:
         try:
             stack.down()
         finally:
-            if main is not None:
-                loop.remove_signal_handler(signal.SIGTERM)
+            loop.remove_signal_handler(signal.SIGTERM)
     return rows
