@@ -305,6 +305,12 @@ class Rig:
         if name in self.procs.pids:
             self.procs.kill(name)
 
+    def terminate(self, name: str) -> None:
+        """SIGTERM one child process (its clean shutdown), SIGKILL after the group's grace period."""
+        self.watch()
+        if name in self.procs.pids:
+            process.stop(self.procs.pids.pop(name), timeout_s=self.procs.stop_timeout_s)
+
     def stalled(self) -> str | None:
         """Why nothing can progress any more, if so: every worker exited unasked."""
         if self.workers and not any(n in self.procs.pids for n in self.workers):
