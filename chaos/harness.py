@@ -443,6 +443,9 @@ class Rig:
             "reservations settled or expired": sum(1 for d, e in s.decided.items()
                                                    if e["reserved"] > 0 and not s.kinds[d] & TERMINAL),
             "reports settled": sum(1 for d in s.succeeded if not s.kinds[d] & REPORTED),
+            # a late settlement can be written before its expiry's event (re-leased after a failed write)
+            "expiry events of late settlements": sum(1 for ks in s.kinds.values()
+                                                     if "settled_late" in ks and "expired" not in ks),
             "dead letters": sum(max(0, n - Counter(x.reason for x in s.dead)[r]) for r, n in expect.dead_letters.items()),
         }
         if self.executing():  # with every executor gone, unreceived tasks stay so (and are counted as lost)
