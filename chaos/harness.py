@@ -65,22 +65,28 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Unavailable|Exit|Interrupt)\b:?")
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Unavailable|Exit|Interrupt)(: |$)")
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\w+)|(/\S+\.py):(\d+) in (\w+)')
 
 
 def last_error(log_tail: str) -> str:
-    """What a child's log says it died of: its last exception and the project frames that led there."""
+    """What a child's log says it died of: its last exception (a cancellation only if nothing else)
+    and the project frames of the traceback that led to it."""
     lines = [ln.strip(" │") for ln in log_tail.splitlines() if ln.strip(" │")]
-    error = next((ln for ln in reversed(lines) if _EXCEPTION.match(ln)), lines[-1] if lines else "")
+    errors = [i for i, ln in enumerate(lines) if _EXCEPTION.match(ln)]
+    causes = [i for i in errors if "CancelledError" not in lines[i]]  # a cancellation is the consequence
+    if not (causes or errors):
+        return lines[-1][:200] if lines else ""
+    at = (causes or errors)[-1]
+    start = max([i for i in errors if i < at], default=-1) + 1
     frames = []
-    for ln in lines:
+    for ln in lines[start:at]:
         if (m := _FRAME.search(ln)) is not None:
             path, line, func = (m[1], m[2], m[3]) if m[1] else (m[4], m[5], m[6])
             if "site-packages" not in path and "/lib/python" not in path:
                 frames.append(f"{Path(path).name}:{line} {func}")
     where = f" (via {' > '.join(frames[-4:])})" if frames else ""
-    return error[:200] + where
+    return lines[at][:200] + where
 
 
 class PrivateStack:
