@@ -242,7 +242,7 @@ class Rig:
             "topic_tasks": f"{name}.tasks", "topic_executor_prefix": f"{name}.exec.", "topic_audit": f"{name}.audit",
             "topic_cost": f"{name}.cost", "topic_load": f"{name}.load", "topic_dlq": f"{name}.dlq",
             "app_id": f"chaos-{name}", "state_dir": self.dir, "policy_file": policy_file, "metrics_port": 0,
-            "reservation_ttl_s": 20.0 if quick else 60.0, **overrides,
+            "reservation_ttl_s": 30.0 if quick else 60.0, **overrides,
         })
         self.executors = load_policy(self.settings.policy_file).executors()
         self.procs = ProcessGroup(self.dir, cwd=REPO, stop_timeout_s=15)
