@@ -327,9 +327,6 @@ class Rig:
         """False once every executor process exited unasked (their work can no longer be waited for)."""
         return not self.executor_procs or any(n in self.procs.pids for n in self.executor_procs)
 
-    def alive(self, name: str) -> bool:
-        return name in self.procs.pids and process.is_running(self.procs.pids[name])
-
     def watch(self) -> None:
         """Note children that exited without being asked to (they are not restarted: that is a finding)."""
         for name, pid in list(self.procs.pids.items()):
