@@ -166,7 +166,7 @@ def topics(settings: Settings, executors: Iterable[str]) -> list[str]:
             *(settings.executor_topic(e) for e in executors)]
 
 
-async def read_all(settings: Settings, executors: Iterable[str]) -> Crossed:
+async def read_all(settings: Settings, executors: Iterable[str], timeout_s: float = 120) -> Crossed:
     """Every committed record on the scenario's topics, from the beginning to their current ends."""
     crossed = Crossed()
 
@@ -176,10 +176,10 @@ async def read_all(settings: Settings, executors: Iterable[str]) -> Crossed:
                                     isolation_level="read_committed", max_partition_fetch_bytes=2 << 20)
         await consumer.start()
         try:
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(timeout_s):  # a read that cannot reach the end fails the scenario
                 while not consumer.assignment():
                     await asyncio.sleep(0.05)
-            return [m async for m in to_end(consumer)]
+                return [m async for m in to_end(consumer)]
         finally:
             await consumer.stop()
 

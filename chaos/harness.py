@@ -255,7 +255,8 @@ class Rig:
         self.workers: set[str] = set()
         self.executor_procs: set[str] = set()
         self._sample_every_s = sample_every_s
-        self._tasks: list[asyncio.Task[None]] = []  # the tail and the sampler
+        self._tasks: list[asyncio.Task[None]] = []  # the tail and the sampler: they end when _done is set
+        self._done = asyncio.Event()
         self._feeds: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Rig:
@@ -272,13 +273,23 @@ class Rig:
         await self.close()
 
     async def close(self) -> None:
-        """Stop every process of the scenario (first, synchronously), then the tail and sampler."""
+        """Stop every process of the scenario (first, synchronously), then the feeds, the tail and the sampler.
+
+        The tail and the sampler are asked to stop rather than cancelled: a Redis client cancelled
+        in the middle of a pipeline can hang in its ``aclose()``. Nothing here waits unbounded.
+        """
         try:
             self._stop_children()
         finally:
-            for task in [*self._tasks, *self._feeds]:
+            self._done.set()
+            for task in self._feeds:
                 task.cancel()
-            await asyncio.gather(*self._tasks, *self._feeds, return_exceptions=True)
+            tasks = [*self._tasks, *self._feeds]
+            if tasks:
+                _, stuck = await asyncio.wait(tasks, timeout=15)
+                for task in stuck:
+                    task.cancel()
+                    log.warning("chaos: %s did not stop in time", task.get_name())
             self._tasks, self._feeds = [], []
 
     def _stop_children(self) -> None:
@@ -380,7 +391,7 @@ class Rig:
 
     async def warm(self, inputs: list[Input]) -> None:
         """Send ``inputs`` and wait until each is decided and, when routed, received: the pipeline runs."""
-        await self.feed(inputs, rate=1000, timed=False)
+        await asyncio.wait([self.feed(inputs, rate=1000, timed=False)], timeout=120)
         ids = {i.decision_id for i in inputs if i.decision_id}
         await self.until(lambda: ids <= self.seen.decided.keys() and all(
             d in self.seen.reported for d in ids if self.seen.decided[d]["assigned_tier"]), "the pipeline to start", 120)
@@ -504,7 +515,7 @@ class Rig:
         with quiet_aiokafka():
             await consumer.start()
             try:
-                while True:
+                while not self._done.is_set():
                     try:
                         batches = await consumer.getmany(timeout_ms=100)
                     except KafkaError as exc:
@@ -516,14 +527,15 @@ class Rig:
                         for m in msgs:
                             self.seen.add(self.settings, m, at, received)
             finally:
-                await consumer.stop()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), timeout=10)
 
     async def _sample(self) -> None:
         """Sample every budget key's committed spend (spent + reserved) every ``sample_every_s``."""
         redis = Redis.from_url(self.settings.redis_url, decode_responses=True, socket_timeout=0.5,
                                socket_connect_timeout=0.5)
         try:
-            while True:
+            while not self._done.is_set():
                 try:
                     found = [k async for k in redis.scan_iter("dc:budget:*", count=1000)]
                     if found:
@@ -536,9 +548,11 @@ class Rig:
                     self.ledger.samples += 1
                 except (RedisError, OSError):
                     pass  # Redis is down on purpose in some scenarios
-                await asyncio.sleep(self._sample_every_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._done.wait(), timeout=self._sample_every_s)
         finally:
-            await redis.aclose()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(redis.aclose(), timeout=5)
 
     async def _budgets(self) -> dict[str, dict[str, int]]:
         """Every budget key's final spent/reserved/presumed (micro-units)."""
