@@ -48,6 +48,9 @@ from .workload import Input
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]  # the checkout whose code the children run
+#: How long the worker leases an expiry whose event is not written yet before handing it out again
+#: (Dispatcher.expire_overdue's default): a late settlement can reach the audit topic this much earlier.
+EXPIRY_LEASE_S = 30.0
 
 
 def free_ports(count: int) -> list[int]:
@@ -153,13 +156,13 @@ class Feeder:
         self.resends = 0
         self._inflight: dict[int, asyncio.Future[Any]] = {}
         self._producer: AIOKafkaProducer | None = None
+        self._retiring: set[asyncio.Task[None]] = set()  # replaced producers, stopping in the background
 
     async def _reset(self) -> AIOKafkaProducer:
-        """A fresh, started producer (the old one is dropped), waiting out a broker outage."""
+        """A fresh, started producer (the old one stops in the background), waiting out a broker outage."""
         old, self._producer = self._producer, None
         if old is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(old.stop(), timeout=2)
+            self._retire(old)
         delay = 0.2
         while True:
             producer = idempotent_producer(self.settings.kafka_bootstrap, linger_ms=5,
@@ -169,10 +172,19 @@ class Feeder:
                 self._producer = producer
                 return producer
             except KafkaError:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
+                self._retire(producer)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def _retire(self, producer: AIOKafkaProducer) -> None:
+        """Stop a producer without waiting for it: its pending sends fail (and are resent) or land."""
+        async def stop() -> None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+        task = asyncio.create_task(stop())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def _send(self, i: int) -> None:
         inp = self.inputs[i]
@@ -217,8 +229,9 @@ class Feeder:
                 await self._collect()
         finally:
             if self._producer is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._producer.stop(), timeout=5)
+                self._retire(self._producer)
+            if self._retiring:
+                await asyncio.wait(list(self._retiring), timeout=self.settings.producer_request_timeout_s + 5)
 
     def acknowledged(self) -> list[Input]:
         return [self.inputs[i] for i in sorted(self.acked)]
@@ -475,7 +488,7 @@ class Rig:
             if running:
                 self.notes.append(f"the producer was still sending after {drain_s:.0f} s")
         expect = self.expect()
-        await self._drain(expect, drain_s, stall_s=self.settings.reservation_ttl_s + 10)
+        await self._drain(expect, drain_s, stall_s=max(self.settings.reservation_ttl_s, EXPIRY_LEASE_S) + 10)
         resends = sum(f.resends for f in self.feeders)
         if resends:
             self.notes.append(f"{resends} producer resends")
@@ -483,6 +496,9 @@ class Rig:
         with quiet_aiokafka():
             crossed = await read_all(self.settings, self.executors)
         self.ledger.final = await self._budgets()
+        held = await self._held_claims()
+        if held:
+            self.notes.append(f"{held} execution claims still held (run:<owner>, never done)")
         return account(self.name, crossed, expect, self.ledger, live=self.seen, recover=self.recover() if self.faults else None,
                        notes=[*notes, *self.notes, *self.exits])
 
@@ -553,6 +569,16 @@ class Rig:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(redis.aclose(), timeout=5)
+
+    async def _held_claims(self) -> int:
+        """Executor claims left at ``run:<owner>``: runs that started and never finished (evidence of a stuck executor)."""
+        redis = Redis.from_url(self.settings.redis_url, decode_responses=True)
+        try:
+            claims = [k async for k in redis.scan_iter("dc:claim:*", count=1000)]
+            values = await redis.mget(claims) if claims else []
+            return len([v for v in values if isinstance(v, str) and v.startswith("run:")])
+        finally:
+            await redis.aclose()
 
     async def _budgets(self) -> dict[str, dict[str, int]]:
         """Every budget key's final spent/reserved/presumed (micro-units)."""
