@@ -13,6 +13,7 @@ from streams.kafka_client import harden_aiokafka
 
 from . import run as run_cmds
 from . import stack, topics
+from .chaos import chaos
 from .dlq import dlq_app
 from .finance import finance_app
 from .policy import policy_app, rollout_app
@@ -30,6 +31,7 @@ app.add_typer(dlq_app, name="dlq")
 app.command()(run_cmds.worker)
 app.command()(run_cmds.executor)
 app.command()(run_cmds.submit)
+app.command()(chaos)
 
 
 @app.callback()

@@ -35,6 +35,8 @@ def executor(
     instance: Annotated[str | None, typer.Option(
         help="a stable name for this process (default: DISPATCH_WORKER_ID, else host:pid); after a crash "
              "the process re-runs what it had claimed under it")] = None,
+    max_cost_ratio: Annotated[float | None, typer.Option(
+        help="cap each actual cost at this multiple of the estimate (1 = never above it); default: no cap")] = None,
 ) -> None:
     """Run example executors: consume their tier topics, claim and simulate work, report cost and load."""
     from workers.executor import run_executors
@@ -54,7 +56,7 @@ def executor(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await run_executors(settings, policy, chosen, capacity=capacity, latency_scale=latency_scale, stop=stop,
-                            instance=instance or settings.worker_id, lease_s=lease_s)
+                            instance=instance or settings.worker_id, lease_s=lease_s, max_cost_ratio=max_cost_ratio)
 
     asyncio.run(main())
 

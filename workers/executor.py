@@ -5,7 +5,8 @@ A stand-in for the real services' executors that follows the routed-task contrac
 decision id before running it (``dispatch_core.claims``) so a task delivered twice runs once,
 and reports once per delivery (``ExecutorReport``: ``succeeded`` with the actual cost, or
 ``duplicate`` when the task had already run). Run time is drawn below the tier's p95 (scaled
-by ``latency_scale``), actual cost is the estimate +-15% (deterministic per decision).
+by ``latency_scale``), actual cost is the estimate +-15% (deterministic per decision), capped at
+``max_cost_ratio`` x the estimate when set (a run that must never cost more than was reserved).
 Offsets are committed only after each task's report is delivered; saturation (in-flight /
 capacity) is published every ``load_every_s``.
 """
@@ -52,6 +53,7 @@ class Profile:
     cost_jitter: float = 0.15
     load_every_s: float = 0.5
     lease_s: float = 60.0  # longer than any run: a claim held longer is taken for dead
+    max_cost_ratio: float | None = None  # cap the actual cost at this multiple of the estimate (None: no cap)
 
 
 def _rng(decision_id: str) -> random.Random:
@@ -63,6 +65,8 @@ def simulate(task: RoutedTask, profile: Profile) -> tuple[float, Decimal]:
     rng = _rng(task.decision_id)
     run_ms = profile.p95_ms * rng.uniform(0.3, 0.9) * profile.latency_scale
     actual = quantize(task.estimate * Decimal(str(rng.uniform(1 - profile.cost_jitter, 1 + profile.cost_jitter))))
+    if profile.max_cost_ratio is not None:
+        actual = min(actual, quantize(task.estimate * Decimal(str(profile.max_cost_ratio))))
     return run_ms / 1000.0, actual
 
 
@@ -211,12 +215,13 @@ class Executor:
 async def run_executors(
     settings: Settings, policy: Policy, names: list[str], *, capacity: int = 16, latency_scale: float = 1.0,
     stop: asyncio.Event | None = None, instance: str | None = None, lease_s: float = 60.0,
+    max_cost_ratio: float | None = None,
 ) -> None:
     """Run several example executors in one process until ``stop`` is set."""
     stop = stop or asyncio.Event()
     executors = []
     for name in names:
         _, tier = policy.tier_of_executor(name)
-        profile = Profile(tier.p95_ms, capacity, latency_scale, lease_s=lease_s)
+        profile = Profile(tier.p95_ms, capacity, latency_scale, lease_s=lease_s, max_cost_ratio=max_cost_ratio)
         executors.append(Executor(settings, name, profile, instance))
     await asyncio.gather(*(e.run(stop) for e in executors))
