@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.producer import sender as aiokafka_sender
 from aiokafka.errors import KafkaError
 
 from dispatch_core.settings import Settings
@@ -111,6 +112,8 @@ class KafkaOutputs:
         self._locks: dict[TopicPartition, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._owned: set[TopicPartition] | None = None  # None until the first assignment
+        if self.transactional:  # aiokafka has it as a module constant, not a producer option
+            aiokafka_sender.BACKOFF_OVERRIDE = settings.transaction_retry_backoff_ms / 1000
         self._starting: dict[TopicPartition | None, asyncio.Lock] = {}
 
     def _new(self, source: TopicPartition | None) -> AIOKafkaProducer:
