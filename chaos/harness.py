@@ -18,10 +18,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import re
 import signal
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -38,6 +36,7 @@ from redis.exceptions import RedisError
 from dispatch_core.policy import Policy, load_policy
 from dispatch_core.settings import Settings
 from stack import LocalStack, process
+from stack.process import free_ports
 from stack.children import ProcessGroup
 from stack.kafka import quiet_aiokafka
 from streams.producer import idempotent_producer
@@ -51,21 +50,6 @@ REPO = Path(__file__).resolve().parents[1]  # the checkout whose code the childr
 #: How long the worker leases an expiry whose event is not written yet before handing it out again
 #: (Dispatcher.expire_overdue's default): a late settlement can reach the audit topic this much earlier.
 EXPIRY_LEASE_S = 30.0
-
-
-def free_ports(count: int) -> list[int]:
-    """Free loopback ports below the ephemeral range (so client sockets do not take them first)."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = random.randint(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        if port not in ports:
-            ports.append(port)
-    return ports
 
 
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Unavailable|Exit|Interrupt)(: |$)")

@@ -14,7 +14,6 @@ import asyncio
 import json
 import secrets
 from collections import Counter
-import socket
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -64,12 +63,6 @@ def demo_policy(base: Policy) -> Policy:
     return parse_policy(data, source="demo policy")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def demo_settings(base: Settings, run_id: str, run_dir: Path) -> Settings:
     """The stack's settings with this run's own topics, Redis DB, policy file and metrics port."""
     ns = f"demo.{run_id}."
@@ -77,7 +70,7 @@ def demo_settings(base: Settings, run_id: str, run_dir: Path) -> Settings:
         "topic_tasks": ns + "tasks", "topic_executor_prefix": ns + "exec.", "topic_audit": ns + "audit",
         "topic_cost": ns + "cost", "topic_load": ns + "load", "topic_dlq": ns + "dlq",
         "app_id": f"dispatch-demo-{run_id}", "redis_url": base.redis_url.rsplit("/", 1)[0] + "/1",
-        "policy_file": run_dir / "policy.json", "metrics_port": _free_port(), "reservation_ttl_s": 120.0,
+        "policy_file": run_dir / "policy.json", "metrics_port": process.free_ports(1)[0], "reservation_ttl_s": 120.0,
     })
 
 

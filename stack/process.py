@@ -9,6 +9,7 @@ a recycled PID of an unrelated process is never signalled.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -107,6 +108,21 @@ def stop(pid: int, *, timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + 2.0
     while Path(f"/proc/{pid}").exists() and not is_running(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def free_ports(count: int) -> list[int]:
+    """Free loopback ports below the ephemeral range (so client sockets do not take them first)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randint(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

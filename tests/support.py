@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import random
-import socket
 from pathlib import Path
 
 from dispatch_core.settings import Settings
+from stack.process import free_ports
 
-
-def free_ports(count: int) -> list[int]:
-    """Free loopback ports below the ephemeral range (so client sockets do not take them first)."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = random.randint(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        if port not in ports:
-            ports.append(port)
-    return ports
+__all__ = ["free_ports", "local_settings"]
 
 
 def local_settings(state_dir: Path, **overrides: object) -> Settings:
