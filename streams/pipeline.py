@@ -179,7 +179,9 @@ class Pipeline:
                 if attempts < self.settings.max_attempts:
                     log.error("batch of %d failed (try %d of %d), retrying: %r", len(batch), attempts,
                               self.settings.max_attempts, exc, exc_info=attempts == 1)
-                    plan = None  # plan again: the failure may have been in planning
+                    batch, plan = self._left(batch, plan), None  # plan what is not written yet again
+                    if not batch:
+                        return
                     await asyncio.sleep(delay)
                     continue
                 await self._isolate(self._left(batch, plan), planner, outage, exc)

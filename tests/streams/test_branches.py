@@ -272,3 +272,19 @@ async def test_load_reports_during_a_redis_outage_are_dropped_not_fatal():
     update = b'{"executor": "llm-large", "saturation": 1.0, "in_flight": 4, "capacity": 4, "at": "2026-11-25T10:00:00Z"}'
     await pipeline.handle_load(records(update, b"{garbage", None, topic="t.load"))  # returns: nothing raised
     await dead.close()
+
+
+async def test_a_retry_after_a_failure_redoes_only_the_partitions_not_written_yet(world):
+    pipeline, outputs = world
+    real, failed = outputs.write, []
+
+    async def write(source, outs, next_offset):
+        if source is not None and source.partition == 1 and not failed:
+            failed.append(source)
+            raise RuntimeError("one partition's write failed, the other's went through")
+        await real(source, outs, next_offset)
+
+    outputs.write = write  # type: ignore[method-assign]
+    await pipeline.handle_tasks([*records(task("p0")), *records(task("p1"), partition=1)])
+    assert failed and sorted(json.loads(o.value)["task_id"] for o in routed(outputs)) == ["p0", "p1"]  # each once
+    assert len(audit(outputs)) == 2
