@@ -111,10 +111,10 @@ class KafkaOutputs:
         self._producers: dict[TopicPartition | None, AIOKafkaProducer] = {}  # None: the plain one
         self._locks: dict[TopicPartition, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._starting: dict[TopicPartition | None, asyncio.Lock] = {}
         self._owned: set[TopicPartition] | None = None  # None until the first assignment
         if self.transactional:  # aiokafka has it as a module constant, not a producer option
             aiokafka_sender.BACKOFF_OVERRIDE = settings.transaction_retry_backoff_ms / 1000
-        self._starting: dict[TopicPartition | None, asyncio.Lock] = {}
 
     def _new(self, source: TopicPartition | None) -> AIOKafkaProducer:
         s = self.settings
