@@ -123,6 +123,13 @@ class Decision(BaseModel):
     engine_version: str
     decided_at: datetime
     decision_latency_ms: float
+    # Added in schema v3; decisions stored before have none.
+    complexity_tier: str | None = Field(default=None, description="the tier the complexity score alone maps to")
+    estimate_complexity: Decimal | None = Field(default=None, description="estimated cost on complexity_tier")
+    untiered_tier: str | None = Field(default=None, description="requested tier, else the class's most capable")
+    estimate_untiered: Decimal | None = Field(default=None, description="estimated cost on untiered_tier")
+    executor_load: dict[str, float] = Field(default_factory=dict, description="saturation per executor, as seen")
+    sequence: int | None = Field(default=None, description="the ledger's commit order; None without Redis")
 
     @property
     def routed(self) -> bool:

@@ -328,6 +328,8 @@ def decide(
 
     amount = to_micros(estimate(cls.tiers[assigned], task)) if assigned is not None and mode != "off" else 0
     est_asked = estimate(cls.tiers[asked if asked is not None else mapped], task)
+    requested = cls.index(task.requested_tier) if task.requested_tier is not None else None
+    untiered = requested if requested is not None else len(cls.tiers) - 1
     decision = Decision(
         decision_id=decision_id_for(task.service, task.task_id), task_hash=task.content_hash,
         task_id=task.task_id, service=task.service, workload=task.workload, task_type=task.task_type,
@@ -343,6 +345,9 @@ def decide(
         reserved=from_micros(amount), budgets=[s.state_after(amount) for s in w.scopes], sla_ms=w.sla,
         executor_p95_ms=cls.tiers[assigned].p95_ms if assigned is not None else None,
         engine_version=__version__, decided_at=now,
+        complexity_tier=w.name(mapped), estimate_complexity=estimate(cls.tiers[mapped], task),
+        untiered_tier=w.name(untiered), estimate_untiered=estimate(cls.tiers[untiered], task),
+        executor_load={t.executor: w.saturation(i) for i, t in enumerate(cls.tiers)},
         decision_latency_ms=(time.perf_counter() - t0) * 1000.0,
     )
     return Plan(

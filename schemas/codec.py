@@ -86,29 +86,50 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def encode(schema: EventSchema, record: dict[str, Any]) -> bytes:
-    """Single-object encode ``record``; refuses a record that does not match the schema exactly."""
+def body(schema: EventSchema, record: dict[str, Any]) -> bytes:
+    """The Avro binary body of ``record``; refuses a record that does not match the schema exactly.
+
+    ``link`` (the hash-chain link, the last field) may be left out: it is written as null, and
+    ``schemas.chain`` replaces that null when the event is written to its chain.
+    """
     buf = io.BytesIO()
-    buf.write(MAGIC + schema.fingerprint)
     try:
-        fastavro.schemaless_writer(buf, schema.parsed, _plain(record), strict=True)
+        fastavro.schemaless_writer(buf, schema.parsed, _plain({"link": None, **record}), strict=True)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise AuditEncodingError(f"cannot write {schema.name} event: {exc}") from exc
     return buf.getvalue()
 
 
-def decode(data: bytes) -> tuple[EventSchema, dict[str, Any]]:
-    """Decode a single-object encoded event: the writer's schema by its fingerprint, read as the current one."""
+def encode(schema: EventSchema, record: dict[str, Any]) -> bytes:
+    """Single-object encode ``record`` (see ``body``)."""
+    return MAGIC + schema.fingerprint + body(schema, record)
+
+
+def split(data: bytes) -> tuple[EventSchema, bytes]:
+    """The writer's schema and the Avro body of a single-object encoded event."""
     if data[:2] != MAGIC or len(data) < 10:
         raise AuditEncodingError("not an Avro single-object encoded event")
     writer = SCHEMAS.get(data[2:10])
     if writer is None:
         raise AuditEncodingError(f"unknown schema fingerprint {data[2:10].hex()}")
+    return writer, data[10:]
+
+
+def read_body(writer: EventSchema, data: bytes) -> tuple[EventSchema, dict[str, Any]]:
+    """An Avro body written with ``writer``, read as the current version of its schema."""
     current = CURRENT[writer.name]
-    record = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer.parsed,
-                                        None if writer is current else current.parsed)
+    try:
+        record = fastavro.schemaless_reader(io.BytesIO(data), writer.parsed,
+                                            None if writer is current else current.parsed)
+    except (ValueError, TypeError, EOFError, IndexError, KeyError) as exc:
+        raise AuditEncodingError(f"cannot read {writer.name} event: {exc!r}") from exc
     assert isinstance(record, dict)
     return current, record
+
+
+def decode(data: bytes) -> tuple[EventSchema, dict[str, Any]]:
+    """Decode a single-object encoded event: the writer's schema by its fingerprint, read as the current one."""
+    return read_body(*split(data))
 
 
 def headers(schema: EventSchema, kind: str) -> list[tuple[str, bytes]]:

@@ -96,12 +96,13 @@ def crc64_avro(data: bytes) -> int:
 
 #: Every published schema version's fingerprint: events on audit topics carry them forever.
 PINNED = {("decision", 1): "8aaa95c5b7526952", ("settlement", 1): "5e4c6968b527c74e",
-          ("decision", 2): "29e5b4c09bacf5ff", ("settlement", 2): "b52cde723df2116b"}
+          ("decision", 2): "29e5b4c09bacf5ff", ("settlement", 2): "b52cde723df2116b",
+          ("decision", 3): "7a07dcbc355d5c2c", ("settlement", 3): "e5c752d22aac5fd9"}
 
 
 def test_every_version_is_pinned_and_the_current_ones_are_the_newest():
     assert {(s.name, s.version) for s in SCHEMAS.values()} == set(PINNED)
-    assert (DECISION.version, SETTLEMENT.version) == (2, 2)
+    assert (DECISION.version, SETTLEMENT.version) == (3, 3)
 
 
 @pytest.mark.parametrize("schema", list(SCHEMAS.values()), ids=lambda s: f"{s.name}.v{s.version}")

@@ -1,0 +1,116 @@
+"""Hash chains over the audit stream: each event names its predecessor, so a change shows.
+
+A chain is what one writer appends to: an input partition (``dispatch.tasks/3``,
+``dispatch.costs/0``). Exactly one worker owns an input partition at a time and writes its
+outputs in that partition's Kafka transactions (a new owner fences the old one), so each
+chain has one writer, and all its events go to one audit partition, in order. The head
+(count, hash, epoch) is committed with the input offsets in the same transaction, as the
+offset's metadata: a new owner reads it back with the offsets, so the head survives any
+crash exactly as the events do, and an aborted batch takes its links with it.
+
+Each event's link is ``hash = H(chain, seq, prev, body)`` where ``body`` is its Avro body
+up to the link field (the last field), and ``H`` is SHA-256, or HMAC-SHA-256 with the
+writers' key (``DISPATCH_AUDIT_KEY``), so that without the key a forger cannot recompute
+the chain after changing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+from dataclasses import dataclass
+
+import fastavro
+
+from schemas.codec import DECISION
+
+GENESIS = "0" * 64
+#: The ChainLink record, as the current decision schema defines it (settlement uses the same).
+_LINK_SCHEMA = fastavro.parse_schema(
+    next(t for t in next(f for f in DECISION.raw["fields"] if f["name"] == "link")["type"] if t != "null"))
+_NULL_LINK = b"\x00"  # union branch 0 (null), as ``codec.body`` writes a missing link
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One event's place in its chain."""
+
+    chain: str
+    seq: int
+    prev: str
+    hash: str
+    alg: str
+    epoch: int
+
+    def as_record(self) -> dict[str, object]:
+        return {"chain": self.chain, "seq": self.seq, "prev": self.prev, "hash": self.hash, "alg": self.alg,
+                "epoch": self.epoch}
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A chain's last event: what the next one links to. Travels as offset-commit metadata."""
+
+    chain: str
+    seq: int = 0
+    hash: str = GENESIS
+    epoch: int = 0
+
+    def metadata(self) -> str:
+        return json.dumps({"chain": self.chain, "seq": self.seq, "hash": self.hash, "epoch": self.epoch},
+                          separators=(",", ":"))
+
+    @classmethod
+    def from_metadata(cls, chain: str, metadata: str | None) -> Head:
+        """The head committed for ``chain``; a new chain if nothing (or something else) was committed."""
+        try:
+            data = json.loads(metadata or "")
+        except ValueError:
+            return cls(chain)
+        if not isinstance(data, dict) or data.get("chain") != chain:
+            return cls(chain)
+        return cls(chain, int(data["seq"]), str(data["hash"]), int(data["epoch"]))
+
+
+def digest(key: bytes | None, chain: str, seq: int, prev: str, body: bytes) -> str:
+    """The link hash of an event's body at ``seq`` after ``prev``."""
+    message = f"{chain}\n{seq}\n{prev}\n".encode() + body
+    if key:
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return hashlib.sha256(message).hexdigest()
+
+
+def alg(key: bytes | None) -> str:
+    return "hmac-sha256" if key else "sha256"
+
+
+def unlinked(body: bytes) -> bytes:
+    """An Avro body as ``codec.body`` wrote it (null link last), without that null."""
+    if not body.endswith(_NULL_LINK):
+        raise ValueError("not an unlinked event body")
+    return body[:-1]
+
+
+def link_bytes(link: Link) -> bytes:
+    """The link field's Avro encoding: union branch 1, then the record."""
+    buf = io.BytesIO()
+    buf.write(b"\x02")
+    fastavro.schemaless_writer(buf, _LINK_SCHEMA, link.as_record())
+    return buf.getvalue()
+
+
+def append(head: Head, content: bytes, key: bytes | None) -> tuple[Link, Head]:
+    """Link ``content`` (an unlinked body) after ``head``: its link and the chain's new head."""
+    seq = head.seq + 1
+    link = Link(head.chain, seq, head.hash, digest(key, head.chain, seq, head.hash, content), alg(key), head.epoch)
+    return link, Head(head.chain, seq, link.hash, head.epoch)
+
+
+def content_of(body: bytes, link: dict[str, object]) -> bytes:
+    """The part of a linked event's body its hash covers: everything before the link field."""
+    tail = link_bytes(Link(**link))  # type: ignore[arg-type]
+    if not body.endswith(tail):
+        raise ValueError("the event's body does not end with its link")
+    return body[: -len(tail)]
