@@ -1,4 +1,4 @@
-"""`dispatch stack up|status|down`: the local Kafka broker and Redis server."""
+"""`dispatch stack up|status|down`: the local Kafka broker, Redis server and schema registry."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from streams.topics import ensure_topics
 
 from .output import console, run
 
-app = typer.Typer(help="Run a real Kafka broker (KRaft) and Redis server on loopback.", no_args_is_help=True)
+app = typer.Typer(help="Run a real Kafka broker (KRaft), Redis server and schema registry on loopback.", no_args_is_help=True)
 
 KafkaVersion = Annotated[
     str | None, typer.Option("--kafka-version", help="Kafka broker version from Maven Central (default: settings)")
@@ -62,12 +62,14 @@ async def bring_up(
         f"  export DISPATCH_KAFKA_BOOTSTRAP={target.kafka_bootstrap} DISPATCH_REDIS_URL={target.redis_url}",
         soft_wrap=True,
     )
+    out.print("[dim]and for the Confluent wire format on the audit topic (README: schema registry):[/]")
+    out.print(f"  export DISPATCH_SCHEMA_REGISTRY_URL={local.registry_url}", soft_wrap=True)
     return target, statuses
 
 
 @app.command()
 def up(kafka_version: KafkaVersion = None) -> None:
-    """Start Kafka and Redis (reusing a healthy running stack), wait until both answer, create topics."""
+    """Start Kafka, Redis and the schema registry (reusing what runs), wait until all answer, create topics."""
     run(bring_up(get_settings(), kafka_version))
 
 
@@ -82,6 +84,6 @@ def status() -> None:
 
 @app.command()
 def down() -> None:
-    """Stop Kafka and Redis by PID (SIGTERM, SIGKILL after the grace period)."""
+    """Stop Kafka, Redis and the schema registry by PID (SIGTERM, SIGKILL after the grace period)."""
     local = LocalStack(get_settings())
     show(local.down())

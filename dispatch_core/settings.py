@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     # --- where the services are -------------------------------------------------
     kafka_bootstrap: str = "127.0.0.1:19092"
     redis_url: str = "redis://127.0.0.1:16379/0"
+    # A Confluent-compatible schema registry (e.g. http://127.0.0.1:18080/apis/ccompat/v7): audit
+    # events are then written in the Confluent wire format (schemas/registry.py). None: the
+    # registry-free Avro single-object encoding.
+    schema_registry_url: str | None = None
+    schema_registry_timeout_s: float = 5.0
 
     # --- the local stack (`dispatch stack up`) ----------------------------------
     state_dir: Path = Field(default_factory=_default_state_dir)
@@ -38,8 +43,11 @@ class Settings(BaseSettings):
     kafka_port: int = 19092
     kafka_controller_port: int = 19093
     redis_port: int = 16379
+    registry_port: int = 18080  # the local Apicurio Registry (stack/registry.py)
+    registry_management_port: int = 18081  # its health endpoints
+    registry_heap: str = "-Xmx256m"
     kafka_heap: str = "-Xms256m -Xmx512m"
-    stack_ready_timeout_s: float = 120.0  # how long `stack up` waits for both services to answer
+    stack_ready_timeout_s: float = 120.0  # how long `stack up` waits for every service to answer
     stack_stop_timeout_s: float = 20.0  # SIGTERM grace before SIGKILL on `stack down`
 
     # --- topics -------------------------------------------------------------------

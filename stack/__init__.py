@@ -1,4 +1,4 @@
-"""The local development/test stack: a real Kafka broker (KRaft, from Maven jars) and Redis."""
+"""The local development/test stack: a real Kafka broker (KRaft, from Maven jars), Redis, and a schema registry."""
 
 from __future__ import annotations
 

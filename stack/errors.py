@@ -1,9 +1,9 @@
 """The local stack's exceptions, under the project's one root.
 
     DispatchError                      (dispatch_core.errors)
-    └── StackError                     the local Kafka/Redis stack failed
+    └── StackError                     the local Kafka/Redis/registry stack failed
         ├── MissingDependency          java, mvn or redis-server is not installed
-        ├── FetchFailed                Maven could not fetch the broker's jars
+        ├── FetchFailed                Maven could not fetch the broker's jars or the registry
         ├── PortInUse                  another process already listens on a stack port
         └── ServiceFailed              a service exited or did not answer in time
 

@@ -15,13 +15,14 @@ from dispatch_core.settings import Settings
 from . import process
 from .kafka import KafkaBroker
 from .redis import RedisServer
+from .registry import SchemaRegistry
 from .service import Service, ServiceStatus
 
-SERVICES = ("kafka", "redis")
+SERVICES = ("kafka", "redis", "registry")
 
 
 class LocalStack:
-    """Kafka + Redis on loopback under ``settings.state_dir``; ``say`` receives progress lines."""
+    """Kafka + Redis + a schema registry on loopback under ``settings.state_dir``; ``say`` receives progress lines."""
 
     def __init__(
         self, settings: Settings, *, kafka_version: str | None = None, say: Callable[[str], None] = lambda _: None
@@ -29,6 +30,7 @@ class LocalStack:
         self.settings = settings
         self.kafka = KafkaBroker(settings, kafka_version)
         self.redis = RedisServer(settings)
+        self.registry = SchemaRegistry(settings)
         self._explicit_version = kafka_version is not None
         self._say = say
 
@@ -40,12 +42,16 @@ class LocalStack:
     def redis_url(self) -> str:
         return self.redis.url
 
+    @property
+    def registry_url(self) -> str:
+        return self.registry.url
+
     def _select(self, only: Iterable[str] | None) -> list[Service]:
         names = set(SERVICES if only is None else only)
         unknown = names - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}; choose from {SERVICES}")
-        return [s for s in (self.kafka, self.redis) if s.name in names]
+        return [s for s in (self.kafka, self.redis, self.registry) if s.name in names]
 
     async def up(self, only: Iterable[str] | None = None) -> list[ServiceStatus]:
         """Start what is not running and wait until everything answers."""
@@ -53,14 +59,18 @@ class LocalStack:
         if self.kafka in services and self._explicit_version:
             self.kafka.check_version()
         pids = {s.name: s.pid() for s in services}
-        # Redis first: it is ready in milliseconds, while Kafka may still fetch jars and format
-        to_start = sorted((s for s in services if pids[s.name] is None), key=lambda s: s is self.kafka)
+        # Redis first: it is ready in milliseconds, while the JVMs may still fetch jars and format
+        order = (self.redis, self.registry, self.kafka)
+        to_start = sorted((s for s in services if pids[s.name] is None), key=order.index)
         process.require(*sorted({b for s in to_start for b in s.binaries()}))
         started: list[Service] = []
         try:
             for service in to_start:
                 if service is self.kafka and not self.kafka.libs.is_dir():
                     self._say(f"fetching Kafka {self.kafka.version} jars with Maven into {self.kafka.libs} (once)")
+                if service is self.registry and not self.registry.dist.is_dir():
+                    self._say(f"fetching Apicurio Registry {self.registry.version} (~160 MB) with Maven into "
+                              f"{self.registry.dist} (once)")
                 self._say(f"starting {service.name} on {service.endpoint}")
                 pids[service.name] = await asyncio.to_thread(service.start)
                 started.append(service)
