@@ -1,5 +1,30 @@
-"""Avro schemas of the audit topic (decision.avsc, settlement.avsc) and their codec."""
+"""Avro schemas of the audit topic (decision.avsc, settlement.avsc), their codec and registry framing."""
 
-from schemas.codec import DECISION, SETTLEMENT, AuditEncodingError, EventSchema, decode, encode, headers
+from schemas.codec import DECISION, SETTLEMENT, AuditEncodingError, EventSchema, encode, headers
+from schemas.registry import (
+    Confluent,
+    Framing,
+    IncompatibleSchema,
+    RegistryClient,
+    RegistryError,
+    SingleObject,
+    audit_framing,
+    decode,
+)
 
-__all__ = ["DECISION", "SETTLEMENT", "AuditEncodingError", "EventSchema", "decode", "encode", "headers"]
+__all__ = [
+    "DECISION",
+    "SETTLEMENT",
+    "AuditEncodingError",
+    "Confluent",
+    "EventSchema",
+    "Framing",
+    "IncompatibleSchema",
+    "RegistryClient",
+    "RegistryError",
+    "SingleObject",
+    "audit_framing",
+    "decode",
+    "encode",
+    "headers",
+]

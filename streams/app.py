@@ -28,6 +28,7 @@ from dispatch_core.ledger import RedisLedger
 from dispatch_core.policy import load_policy
 from dispatch_core.policy_store import PolicyStore
 from dispatch_core.settings import Settings
+from schemas import audit_framing
 from streams.dlq import Incoming
 from streams.outputs import KafkaOutputs
 from streams.pipeline import Pipeline
@@ -60,8 +61,10 @@ class Runtime:
                     snapshot_max_age_s=s.snapshot_max_age_s,
                 )
                 await dispatcher.start()
+                framing = await asyncio.to_thread(audit_framing, s)  # with a registry: registers the schemas
                 outputs = KafkaOutputs(s, group_id=s.app_id, commit=self._commit)
-                self._pipeline = Pipeline(dispatcher, outputs, s, worker=s.worker_id or f"pid-{os.getpid()}")
+                self._pipeline = Pipeline(dispatcher, outputs, s, worker=s.worker_id or f"pid-{os.getpid()}",
+                                          framing=framing)
                 log.info("dispatch-core worker ready: policy %s, %s", dispatcher.default_policy.version[:12],
                          s.processing_guarantee)
             return self._pipeline

@@ -34,7 +34,7 @@ from dispatch_core.errors import LedgerUnavailable, TaskError
 from dispatch_core.settings import Settings
 from dispatch_core.settlement import ExecutorReport, SettlementEvent
 from dispatch_core.task import InputLimits, Task, json_depth_exceeds, read_task
-from schemas import DECISION, SETTLEMENT, encode, headers
+from schemas import DECISION, SETTLEMENT, Framing, SingleObject, headers
 from streams import metrics
 from streams.dlq import DeadLetter, Incoming
 from streams.errors import BrokerUnavailable, Fenced, RecordRejected
@@ -96,10 +96,12 @@ class _Outage:
 class Pipeline:
     """Task, executor-report and load handling for one worker process."""
 
-    def __init__(self, dispatcher: Dispatcher, outputs: Outputs, settings: Settings, *, worker: str = "") -> None:
+    def __init__(self, dispatcher: Dispatcher, outputs: Outputs, settings: Settings, *, worker: str = "",
+                 framing: Framing | None = None) -> None:
         self.dispatcher = dispatcher
         self.outputs = outputs
         self.settings = settings
+        self.framing = framing or SingleObject()  # audit events' prefix: single-object or Confluent (registry)
         self.worker = worker
         self.limits = InputLimits(settings.max_task_bytes, settings.max_task_depth)
         self._outages: dict[str, _Outage] = {}
@@ -342,13 +344,13 @@ class Pipeline:
 
     def _decision_out(self, decision: Decision) -> Out:
         """The decision's provenance event (Avro), keyed by decision id."""
-        return Out(self.settings.topic_audit, decision.decision_id.encode(), encode(DECISION, decision.model_dump()),
-                   headers(DECISION, decision.outcome.value))
+        return Out(self.settings.topic_audit, decision.decision_id.encode(),
+                   self.framing.encode(DECISION, decision.model_dump()), headers(DECISION, decision.outcome.value))
 
     def _settlement_out(self, event: SettlementEvent) -> Out:
         """A settlement event (Avro), keyed by the decision it belongs to."""
-        return Out(self.settings.topic_audit, event.decision_id.encode(), encode(SETTLEMENT, event.model_dump()),
-                   headers(SETTLEMENT, event.kind.value))
+        return Out(self.settings.topic_audit, event.decision_id.encode(),
+                   self.framing.encode(SETTLEMENT, event.model_dump()), headers(SETTLEMENT, event.kind.value))
 
     def _dlq_out(self, letter: DeadLetter) -> Out:
         return Out(self.settings.topic_dlq, letter.key, letter.record_value(), letter.headers())
