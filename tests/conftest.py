@@ -1,8 +1,8 @@
-"""Shared fixtures: the real local stack (Kafka + Redis), Redis clients, unique names.
+"""Shared fixtures: the real local stack (Kafka + Redis + schema registry), Redis clients, unique names.
 
 Nothing here starts a process at import or collection time. The services start the
 first time a test asks for them (``stack``, ``redis_service``, ``redis_client``,
-``new_topic``), once per session, under a temporary state dir on free loopback ports
+``new_topic``, ``registry``), once per session, under a temporary state dir on free loopback ports
 (the Kafka jar cache is the normal one, so only the first run ever fetches), and are
 stopped at the end of the session.
 
@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -32,7 +33,7 @@ from streams.topics import TopicSpec, admin_client, create_topics
 from .support import local_settings
 
 USE_RUNNING = os.environ.get("DISPATCH_TEST_USE_RUNNING") == "1"
-STACK_FIXTURES = {"stack", "redis_service", "redis_client", "new_topic"}
+STACK_FIXTURES = {"stack", "redis_service", "redis_client", "new_topic", "registry"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -80,6 +81,9 @@ class _Services:
             pytest.fail(f"DISPATCH_TEST_USE_RUNNING=1 but no Kafka answers at {s.kafka_bootstrap}", pytrace=False)
         if "redis" in names and not await redis_url_answers(s.redis_url):
             pytest.fail(f"DISPATCH_TEST_USE_RUNNING=1 but no Redis answers at {s.redis_url}", pytrace=False)
+        if "registry" in names and not await registry_answers(s.schema_registry_url):
+            pytest.fail(f"DISPATCH_TEST_USE_RUNNING=1 but no schema registry answers at DISPATCH_SCHEMA_REGISTRY_URL "
+                        f"({s.schema_registry_url})", pytrace=False)
 
     def stop(self) -> None:
         if self.started:
@@ -103,6 +107,25 @@ async def redis_service(_services: _Services) -> Settings:
 async def stack(_services: _Services) -> Settings:
     """The real Kafka broker and Redis server, running; returns Settings pointing at them."""
     return await _services.ensure("kafka", "redis")
+
+
+@pytest.fixture(scope="session")
+async def registry(_services: _Services) -> Settings:
+    """The real schema registry (Apicurio, Confluent API) besides Kafka and Redis; returns Settings with
+    ``schema_registry_url`` set, so the audit events they write are in the Confluent wire format."""
+    settings = await _services.ensure("kafka", "redis", "registry")
+    url = settings.schema_registry_url if USE_RUNNING else _services.local.registry_url
+    return settings.model_copy(update={"schema_registry_url": url})
+
+
+async def registry_answers(url: str | None) -> bool:
+    if not url:
+        return False
+    try:
+        async with httpx.AsyncClient(timeout=3.0) as client:
+            return (await client.get(f"{url.rstrip('/')}/subjects")).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @pytest.fixture
