@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     registry_port: int = 18080  # the local Apicurio Registry (stack/registry.py)
     registry_management_port: int = 18081  # its health endpoints
     registry_heap: str = "-Xmx256m"
+    registry_java: Path | None = None  # None: the newest java found on the machine (21+ runs Apicurio 3.3.3)
     kafka_heap: str = "-Xms256m -Xmx512m"
     stack_ready_timeout_s: float = 120.0  # how long `stack up` waits for every service to answer
     stack_stop_timeout_s: float = 20.0  # SIGTERM grace before SIGKILL on `stack down`

@@ -69,8 +69,8 @@ class LocalStack:
                 if service is self.kafka and not self.kafka.libs.is_dir():
                     self._say(f"fetching Kafka {self.kafka.version} jars with Maven into {self.kafka.libs} (once)")
                 if service is self.registry and not self.registry.dist.is_dir():
-                    self._say(f"fetching Apicurio Registry {self.registry.version} (~160 MB) with Maven into "
-                              f"{self.registry.dist} (once)")
+                    self._say(f"fetching Apicurio Registry {self.registry.version} (~{self.registry.download_mb} MB) "
+                              f"with Maven into {self.registry.dist} (once)")
                 self._say(f"starting {service.name} on {service.endpoint}")
                 pids[service.name] = await asyncio.to_thread(service.start)
                 started.append(service)

@@ -8,7 +8,10 @@ at start), on loopback only (the management port too, which would otherwise open
 reports NONE and accepts anything). Its Confluent API is ``/apis/ccompat/v7``.
 
 3.3.3 needs Java 21+: the JDKs on the machine are scanned (``JAVA_HOME``, ``java`` on PATH,
-``/usr/lib/jvm/*``) and the newest is used; with nothing newer than 17, 3.0.9 runs instead.
+``/usr/lib/jvm/*``) and the newest is used; with nothing newer than 17, 3.0.9 runs instead
+(its health is on the main port, and its Confluent ``/config`` reports NONE although the
+global BACKWARD rule is set and enforced: Apicurio's own ``/apis/registry/v3/admin/rules``
+shows it).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -36,6 +40,7 @@ VERSION = "3.3.3"  # needs Java 21+
 FALLBACK_VERSION = "3.0.9"  # runs on Java 17
 CCOMPAT = "/apis/ccompat/v7"
 JVM_DIRS = (Path("/usr/lib/jvm"),)
+MAVEN_CENTRAL = "https://repo.maven.apache.org/maven2"
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,12 @@ class SchemaRegistry(Service):
 
     @cached_property
     def java(self) -> Java:
+        chosen = self.settings.registry_java
+        if chosen is not None:
+            major = java_major(chosen)
+            if major is None:
+                raise StackError(f"DISPATCH_REGISTRY_JAVA={chosen} is not a java that answers `-version`")
+            return Java(chosen, major)
         java = find_java()
         if java is None:
             raise MissingDependency(["java"])
@@ -152,6 +163,10 @@ class SchemaRegistry(Service):
         return ""
 
     @property
+    def download_mb(self) -> int:
+        return 109 if self.version == FALLBACK_VERSION else 159
+
+    @property
     def dist(self) -> Path:
         """The unpacked build: quarkus-run.jar (3.3.3) or a ``*-runner.jar`` (3.0.9), with lib/."""
         return self.home / "dist"
@@ -178,16 +193,33 @@ class SchemaRegistry(Service):
                 return
             partial = self.home / f"dist.partial-{os.getpid()}"
             shutil.rmtree(partial, ignore_errors=True)
-            done = subprocess.run(
-                ["mvn", "-B", "-q", "-Dstyle.color=never", "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:unpack",
-                 f"-Dartifact=io.apicurio:apicurio-registry-app:{self.version}:tar.gz:all", f"-DoutputDirectory={partial}"],
-                cwd=self.home, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-            )
+            done = subprocess.run(self._mvn(partial), cwd=self.home, capture_output=True, text=True,
+                                  stdin=subprocess.DEVNULL)
+            archives = list(partial.glob("*.tar.gz"))
+            if done.returncode == 0 and archives:  # the wagon download: unpack it ourselves
+                with tarfile.open(archives[0]) as tar:
+                    tar.extractall(partial, filter="data")
+                archives[0].unlink()
             if done.returncode != 0 or not any(partial.glob("*.jar")):
                 shutil.rmtree(partial, ignore_errors=True)
                 why = maven_error(done.stdout + done.stderr)
                 raise FetchFailed(f"mvn could not fetch Apicurio Registry {self.version}: {why}")
             partial.rename(self.dist)
+
+    def _mvn(self, into: Path) -> list[str]:
+        """The Maven command that puts the build's ``tar.gz:all`` into ``into``.
+
+        3.3.3: the dependency plugin unpacks it. 3.0.9's POM names a parent POM that Maven
+        Central does not serve (io.apicurio:apicurio-registry:pom:3.0.9), so the dependency
+        plugin refuses it; the wagon plugin downloads the same file by its path instead.
+        """
+        quiet = ["mvn", "-B", "-q", "-Dstyle.color=never"]
+        if self.version == FALLBACK_VERSION:
+            path = f"io/apicurio/apicurio-registry-app/{self.version}/apicurio-registry-app-{self.version}-all.tar.gz"
+            return [*quiet, "org.codehaus.mojo:wagon-maven-plugin:2.0.2:download-single",
+                    f"-Dwagon.url={MAVEN_CENTRAL}", f"-Dwagon.fromFile={path}", f"-Dwagon.toDir={into}"]
+        return [*quiet, "org.apache.maven.plugins:maven-dependency-plugin:3.6.1:unpack",
+                f"-Dartifact=io.apicurio:apicurio-registry-app:{self.version}:tar.gz:all", f"-DoutputDirectory={into}"]
 
     def command(self) -> list[str]:
         s = self.settings

@@ -29,23 +29,25 @@ def test_stack_up_status_down(state_root: Path, monkeypatch: pytest.MonkeyPatch,
     try:
         up = runner.invoke(app, ["stack", "up"])
         assert up.exit_code == 0, up.output
-        assert up.output.count("started") == 2 and "topics: 13 created" in up.output
+        assert up.output.count("started") == 3 and "topics: 13 created" in up.output
         assert settings.kafka_bootstrap in up.output and str(local.kafka.log_file) in up.output
-        pids = [read_pid(local.kafka.pid_file), read_pid(local.redis.pid_file)]
+        assert f"DISPATCH_SCHEMA_REGISTRY_URL={local.registry_url}" in up.output
+        services = (local.kafka, local.redis, local.registry)
+        pids = [read_pid(s.pid_file) for s in services]
 
         again = runner.invoke(app, ["stack", "up"])
         assert again.exit_code == 0, again.output
-        assert again.output.count("reused") == 2 and "topics: all present" in again.output
-        assert [read_pid(local.kafka.pid_file), read_pid(local.redis.pid_file)] == pids
+        assert again.output.count("reused") == 3 and "topics: all present" in again.output
+        assert [read_pid(s.pid_file) for s in services] == pids
 
         status = runner.invoke(app, ["stack", "status"])
-        assert status.exit_code == 0 and status.output.count("running") == 2, status.output
+        assert status.exit_code == 0 and status.output.count("running") == 3, status.output
     finally:
         down = runner.invoke(app, ["stack", "down"])
     assert down.exit_code == 0, down.output
     assert not [pid for pid in pids if is_running(pid or 0)]
     stopped = runner.invoke(app, ["stack", "status"])
-    assert stopped.exit_code == 1 and stopped.output.count("not running") == 2
+    assert stopped.exit_code == 1 and stopped.output.count("not running") == 3
 
 
 def test_missing_binaries_are_named_with_their_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

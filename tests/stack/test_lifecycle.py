@@ -27,15 +27,16 @@ def dead_pid() -> int:
 async def test_up_is_idempotent_and_down_leaves_no_process(state_root: Path) -> None:
     settings = local_settings(state_root / "lifecycle")
     local = LocalStack(settings)
-    for service in (local.kafka, local.redis):
+    for service in (local.kafka, local.redis, local.registry):
         service.dir.mkdir(parents=True)
     local.kafka.pid_file.write_text(f"{dead_pid()}\n")  # stale: that process is gone
+    local.registry.pid_file.write_text(f"{dead_pid()}\n")
     local.redis.pid_file.write_text(f"{os.getpid()}\n")  # stale: alive, but not our redis (it is this test!)
     pids: set[int] = set()
     try:
         first = {s.name: s for s in await local.up()}
         assert {n: (s.note, s.healthy) for n, s in first.items()} == {
-            "kafka": ("started", True), "redis": ("started", True)
+            "kafka": ("started", True), "redis": ("started", True), "registry": ("started", True)
         }
         pids |= {s.pid for s in first.values() if s.pid}
         assert os.getpid() not in pids
@@ -60,9 +61,9 @@ async def test_up_is_idempotent_and_down_leaves_no_process(state_root: Path) -> 
         stopped = local.down()
     assert all(s.note == "stopped" for s in stopped)
     assert not [pid for pid in pids if is_running(pid)]
-    assert not local.kafka.pid_file.exists() and not local.redis.pid_file.exists()
+    assert not any(s.pid_file.exists() for s in (local.kafka, local.redis, local.registry))
     assert is_running(os.getpid())
-    assert [s.note for s in await local.status()] == ["not running", "not running"]
+    assert [s.note for s in await local.status()] == ["not running"] * 3
 
 
 async def test_a_failed_up_stops_what_it_started(state_root: Path) -> None:
@@ -71,8 +72,8 @@ async def test_a_failed_up_stops_what_it_started(state_root: Path) -> None:
     with pytest.raises(ServiceFailed) as failed:
         await local.up()
     assert str(failed.value).startswith("kafka") and "heap" in failed.value.log_tail
-    assert read_pid(local.redis.pid_file) is None and read_pid(local.kafka.pid_file) is None
-    assert [s.note for s in await local.status()] == ["not running", "not running"]
+    assert [read_pid(s.pid_file) for s in (local.kafka, local.redis, local.registry)] == [None] * 3
+    assert [s.note for s in await local.status()] == ["not running"] * 3
 
 
 async def test_a_port_taken_by_someone_else_is_named(state_root: Path) -> None:
