@@ -90,7 +90,7 @@ class RegistryClient:
         try:
             response = self._http.request(method, path, json=body)
         except httpx.HTTPError as exc:
-            raise RegistryError(f"schema registry at {self.url} unreachable: {exc!r}") from exc
+            raise RegistryError(f"schema registry at {self.url} unreachable: {exc}") from exc
         if response.is_success:
             return response.json()
         try:

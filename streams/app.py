@@ -28,7 +28,7 @@ from dispatch_core.ledger import RedisLedger
 from dispatch_core.policy import load_policy
 from dispatch_core.policy_store import PolicyStore
 from dispatch_core.settings import Settings
-from schemas import audit_framing
+from schemas import Framing, audit_framing
 from streams.dlq import Incoming
 from streams.outputs import KafkaOutputs
 from streams.pipeline import Pipeline
@@ -40,9 +40,10 @@ log = logging.getLogger(__name__)
 class Runtime:
     """The worker's connections, opened once on first use and closed on shutdown."""
 
-    def __init__(self, settings: Settings, app: faust.App) -> None:
+    def __init__(self, settings: Settings, app: faust.App, framing: Framing | None = None) -> None:
         self.settings = settings
         self.app = app
+        self.framing = framing
         self._pipeline: Pipeline | None = None
         self._lock = asyncio.Lock()
         self.stopping = False
@@ -61,7 +62,7 @@ class Runtime:
                     snapshot_max_age_s=s.snapshot_max_age_s,
                 )
                 await dispatcher.start()
-                framing = await asyncio.to_thread(audit_framing, s)  # with a registry: registers the schemas
+                framing = self.framing or await asyncio.to_thread(audit_framing, s)  # registers the schemas
                 outputs = KafkaOutputs(s, group_id=s.app_id, commit=self._commit)
                 self._pipeline = Pipeline(dispatcher, outputs, s, worker=s.worker_id or f"pid-{os.getpid()}",
                                           framing=framing)
@@ -142,8 +143,9 @@ def _ours(partitions: Iterable[Any], topics: set[str]) -> list[TopicPartition]:
     return [TopicPartition(tp.topic, tp.partition) for tp in partitions if tp.topic in topics]
 
 
-def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
-    """Build the dispatcher's Faust app for ``settings``."""
+def create_app(settings: Settings, framing: Framing | None = None) -> tuple[faust.App, Runtime]:
+    """Build the dispatcher's Faust app for ``settings``; ``framing`` frames its audit events
+    (default: what ``settings`` ask for, set up when the first agent starts)."""
     partitions = {spec.name: spec.partitions for spec in topic_specs(settings, [])}
     datadir = settings.state_dir / "faust" / settings.app_id  # Faust wants one; keep it out of the cwd
     datadir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +166,7 @@ def create_app(settings: Settings) -> tuple[faust.App, Runtime]:
         consumer_group_instance_id=settings.worker_id,
         stream_wait_empty=False,
     )
-    runtime = Runtime(settings, app)
+    runtime = Runtime(settings, app, framing)
     committed_by_us = {settings.topic_tasks, settings.topic_cost}
 
     def topic(name: str, acks: bool) -> Any:

@@ -9,6 +9,7 @@ from prometheus_client import start_http_server
 
 from dispatch_core.policy import load_policy
 from dispatch_core.settings import Settings
+from schemas import audit_framing
 from stack.errors import StackError
 from stack.kafka import quiet_aiokafka
 from streams.topics import check_worker_topics
@@ -26,6 +27,9 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
 
     with quiet_aiokafka():
         asyncio.run(check_worker_topics(settings, load_policy(settings.policy_file).executors()))
+    # with a schema registry: every schema version registered now, so a refused or unreachable
+    # registry is one error line before the worker joins its group
+    framing = audit_framing(settings)
 
     if settings.metrics_port:
         try:
@@ -35,7 +39,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
                 f"metrics port {settings.metrics_port} is taken ({exc.strerror}); set DISPATCH_METRICS_PORT"
                 " to a free port, or 0 for none"
             ) from exc
-    app, _ = create_app(settings)
+    app, _ = create_app(settings, framing)
 
     class Worker(faust.Worker):
         """Faust's worker without its terminal spinner: the spinner sets the root logger to DEBUG,

@@ -5,6 +5,9 @@ schema registry")."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -169,3 +172,14 @@ async def test_every_event_kind_round_trips_through_the_confluent_deserializer(
         assert read["assigned_tier"] == d.assigned_tier and read["triggers"] == [t.value for t in d.triggers]
     for (_, _, _, read), e in zip(events[len(decisions):], settlements, strict=True):
         assert read == {**e.model_dump(mode="python"), "kind": e.kind.value, "link": None}
+
+
+def test_a_worker_whose_registry_does_not_answer_refuses_to_start_in_one_line(pipeline_settings: Settings) -> None:
+    with socket.socket() as refusing:  # bound, not listening: connecting is refused
+        refusing.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{refusing.getsockname()[1]}/apis/ccompat/v7"
+        s = pipeline_settings.model_copy(update={"schema_registry_url": url})
+        done = subprocess.run([sys.executable, "-m", "dispatch_cli.main", "worker"],
+                              env={**s.as_env(), "PATH": "/usr/bin"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"error: schema registry at {url} unreachable: [Errno 111] Connection refused"]
