@@ -80,3 +80,15 @@ def test_a_one_node_broker_can_run_the_workers_transactions_and_restarts_keep_th
     instances = [s["command"][s["command"].index("--instance") + 1]
                  for s in services.values() if s.get("command", [""])[0] == "executor"]
     assert instances and len(set(instances)) == len(instances)  # a stable, unique claim owner each
+
+
+def test_the_registry_is_the_local_stacks_apicurio_and_the_worker_uses_it(services: dict[str, Any]) -> None:
+    from stack.registry import CCOMPAT, VERSION
+
+    registry = services["registry"]
+    assert registry["image"] == f"apicurio/apicurio-registry:{VERSION}"
+    assert registry["environment"]["APICURIO_RULES_GLOBAL_COMPATIBILITY"] == "BACKWARD"
+    assert f"127.0.0.1:{DEFAULTS['registry_port']}:8080" in registry["ports"]
+    worker = services["worker"]
+    assert worker["environment"]["DISPATCH_SCHEMA_REGISTRY_URL"] == f"http://registry:8080{CCOMPAT}"
+    assert "registry" in worker["depends_on"]
