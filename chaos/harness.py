@@ -92,8 +92,8 @@ class PrivateStack:
     async def up(self, only: Iterable[str] | None = None) -> None:
         """Start the services (or those of ``only``) that are not running; return once they answer."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        with quiet_aiokafka():
-            await self.local.up(only)
+        with quiet_aiokafka():  # no schema registry: the scenarios need none
+            await self.local.up(only if only is not None else ("kafka", "redis"))
 
     def down(self) -> None:
         self.local.down()
