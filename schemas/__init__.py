@@ -10,6 +10,7 @@ from schemas.registry import (
     SingleObject,
     audit_framing,
     decode,
+    split,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "decode",
     "encode",
     "headers",
+    "split",
 ]
