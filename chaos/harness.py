@@ -235,9 +235,7 @@ class Rig:
         if policy is not None:
             policy_file = self.dir / "policy.json"
             policy_file.write_text(policy.canonical_json())
-        self.settings = stack.settings.model_copy(update={
-            "topic_tasks": f"{name}.tasks", "topic_executor_prefix": f"{name}.exec.", "topic_audit": f"{name}.audit",
-            "topic_cost": f"{name}.cost", "topic_load": f"{name}.load", "topic_dlq": f"{name}.dlq",
+        self.settings = stack.settings.namespaced(name, **{
             "app_id": f"chaos-{name}", "state_dir": self.dir, "policy_file": policy_file, "metrics_port": 0,
             "reservation_ttl_s": 30.0 if quick else 60.0, **overrides,
         })

@@ -74,6 +74,45 @@ class Head:
         return cls(chain, int(data["seq"]), str(data["hash"]), int(data["epoch"]))
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A chain's head as written, kept on the checkpoint topic: the audit topic cannot lose its end
+    silently. ``mac`` is the digest of the other fields (keyed when the writers hold the key)."""
+
+    chain: str
+    seq: int
+    hash: str
+    offset: int  # the head event's offset on the audit topic
+    alg: str = "sha256"
+    mac: str = ""
+
+    @classmethod
+    def of(cls, chain: str, seq: int, hash_: str, offset: int, key: bytes | None) -> Checkpoint:
+        return cls(chain, seq, hash_, offset, alg(key), digest(key, f"checkpoint:{chain}", seq, hash_,
+                                                               str(offset).encode()))
+
+    def valid(self, key: bytes | None) -> bool:
+        keyed = key if self.alg == "hmac-sha256" else None
+        if key and not keyed:
+            return False
+        return bool(self.mac) and hmac.compare_digest(
+            self.mac, digest(keyed, f"checkpoint:{self.chain}", self.seq, self.hash, str(self.offset).encode()))
+
+    def encode(self) -> bytes:
+        return json.dumps({"chain": self.chain, "seq": self.seq, "hash": self.hash, "offset": self.offset,
+                           "alg": self.alg, "mac": self.mac}, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> Checkpoint:
+        """A checkpoint record; ValueError if it is not one."""
+        try:
+            d = json.loads(value or b"")
+            return cls(str(d["chain"]), int(d["seq"]), str(d["hash"]), int(d["offset"]), str(d["alg"]),
+                       str(d["mac"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a checkpoint record: {exc!r}") from exc
+
+
 def digest(key: bytes | None, chain: str, seq: int, prev: str, body: bytes) -> str:
     """The link hash of an event's body at ``seq`` after ``prev``."""
     message = f"{chain}\n{seq}\n{prev}\n".encode() + body
