@@ -22,7 +22,7 @@ def test_specs_cover_every_topic_once() -> None:
     specs = topic_specs(s, ["llm-small", "kernel-gpu", "llm-small"])
     assert [t.name for t in specs] == [
         s.topic_tasks, s.executor_topic("llm-small"), s.executor_topic("kernel-gpu"),
-        s.topic_audit, s.topic_cost, s.topic_load, s.topic_dlq,
+        s.topic_audit, s.topic_audit_checkpoints, s.topic_cost, s.topic_load, s.topic_dlq,
     ]
     by_name = {t.name: t for t in specs}
     assert by_name[s.topic_tasks].partitions == s.task_partitions
