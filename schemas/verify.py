@@ -13,8 +13,8 @@ of each chain) and reports, per chain, what it checked and the first break, by k
 
 Normal operation never breaks a chain: an aborted transaction's events are invisible to
 ``read_committed`` readers, and a redelivery in at-least-once mode either repeats events
-exactly (counted as ``repeated``) or resumes the chain from an earlier link in a new writer
-epoch after a crash (counted as ``rewound``).
+in the same writer epoch (counted as ``repeated``) or, after a crash, resumes the chain from
+the last committed link in a new epoch (counted as ``rewound``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.chain import GENESIS, Checkpoint, content_of, digest
+from schemas.chain import GENESIS, HMAC, Checkpoint, content_of, link_matches
 from schemas.codec import AuditEncodingError, read_body, split
 
 
@@ -44,6 +44,7 @@ class ChainReport:
     last_offset: int | None = None
     last_seq: int = 0
     head: str = GENESIS
+    epoch: int = 0
     repeated: int = 0
     rewound: int = 0
     checkpoint_seq: int | None = None
@@ -98,13 +99,10 @@ def _read(partition: int, offset: int, value: bytes | None, key: bytes | None) -
         content = content_of(body, link)
     except ValueError:
         return Break("modified", partition, offset, "the event's body does not end with its link")
-    if link["alg"] == "hmac-sha256" and not key:
+    if link["alg"] == HMAC and not key:
         return Break("modified", partition, offset, "HMAC-linked event: verify needs the key (DISPATCH_AUDIT_KEY)")
-    valid = digest(key if link["alg"] == "hmac-sha256" else None, link["chain"], link["seq"], link["prev"],
-                   content) == link["hash"]
-    if key and link["alg"] != "hmac-sha256":
-        valid = False  # a writer with the key never writes a plain link
-    return _Event(offset, link["chain"], link["seq"], link["prev"], link["hash"], link["epoch"], valid)
+    return _Event(offset, link["chain"], link["seq"], link["prev"], link["hash"], link["epoch"],
+                  link_matches(link, content, key))
 
 
 def verify(partitions: Mapping[int, Iterable[tuple[int, bytes | None]]], checkpoints: Iterable[Checkpoint] = (),
@@ -170,7 +168,7 @@ def _step(rep: ChainReport, seen: dict[str, _Event], partition: int, e: _Event, 
     if e.valid and e.hash in seen and seen[e.hash].seq == e.seq:  # the same event again: a redelivery
         rep.repeated += 1
         return None
-    if e.seq <= rep.last_seq and not (e.valid and _resumes(e, seen)):
+    if e.seq <= rep.last_seq and not (e.valid and _resumes(e, seen, rep.epoch)):
         return Break("injected", partition, e.offset, f"a second event at seq {e.seq} (the chain is at {rep.last_seq})")
     if not e.valid:
         return Break("modified", partition, e.offset, f"seq {e.seq}: its hash does not match its content")
@@ -178,7 +176,7 @@ def _step(rep: ChainReport, seen: dict[str, _Event], partition: int, e: _Event, 
         pass
     elif first and retained and e.seq > 1:
         pass  # the chain's beginning was deleted by retention
-    elif _resumes(e, seen):
+    elif _resumes(e, seen, rep.epoch):
         rep.rewound += 1  # a new writer resumed from an earlier link (at-least-once redelivery)
     elif e.seq > rep.last_seq + 1:
         missing = rep.last_seq + 1
@@ -188,15 +186,15 @@ def _step(rep: ChainReport, seen: dict[str, _Event], partition: int, e: _Event, 
     else:
         return Break("modified", partition, e.offset, f"seq {e.seq}: its link does not name the chain's head")
     seen[e.hash] = e
-    rep.last_seq, rep.head = e.seq, e.hash
+    rep.last_seq, rep.head, rep.epoch = e.seq, e.hash, e.epoch
     return None
 
 
-def _resumes(e: _Event, seen: dict[str, _Event]) -> bool:
-    """A writer in a later epoch continued from an earlier link than the head (it had not
-    committed the head before it crashed): at-least-once redelivery, not a break."""
+def _resumes(e: _Event, seen: dict[str, _Event], head_epoch: int) -> bool:
+    """A new writer (a later epoch than the head's) continued from an earlier link than the head:
+    its predecessor had written events but not committed them before it crashed (at-least-once)."""
     before = seen.get(e.prev)
-    return before is not None and e.seq == before.seq + 1 and e.epoch > before.epoch
+    return before is not None and e.seq == before.seq + 1 and e.epoch > head_epoch
 
 
 def _against_checkpoint(rep: ChainReport, cp: Checkpoint, events: list[tuple[int, _Event]]) -> None:

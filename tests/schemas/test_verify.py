@@ -38,14 +38,22 @@ def test_a_clean_chain_verifies_and_its_checkpoint_matches():
     assert result.ok and result.chains["tasks/0"].last_seq == 5 and result.chains["tasks/0"].checkpoint_seq == 5
 
 
-def test_a_redelivered_batch_repeats_exactly_and_a_new_epoch_may_resume_from_an_earlier_link():
-    first, head = chain([event(i) for i in range(4)], Head("tasks/0", epoch=1))
-    mid = Head("tasks/0", 2, _hash(first[1]), 1)
-    again, _ = chain([event(2), event(3)], replace(mid, epoch=2))  # the same batch, linked again: same hashes
-    other, _ = chain([event(9)], replace(mid, epoch=2))  # a redone batch whose content differs, in a new epoch
-    result = verify({0: offsets(first + again + other)}, key=KEY)
+def test_a_batch_redone_by_a_new_writer_resumes_the_chain_and_an_exact_repeat_is_counted():
+    first, _ = chain([event(i) for i in range(4)], Head("tasks/0", epoch=1))
+    committed = Head("tasks/0", 2, _hash(first[1]), 2)  # the head the crashed writer had committed; a new epoch
+    redone, _ = chain([event(2), event(3), event(4)], committed)
+    result = verify({0: offsets(first + redone + redone[-1:])}, key=KEY)
     assert result.ok, result.chains["tasks/0"].broken
-    assert result.chains["tasks/0"].repeated == 2 and result.chains["tasks/0"].rewound == 1
+    assert result.chains["tasks/0"].rewound == 1 and result.chains["tasks/0"].repeated == 1
+    assert result.chains["tasks/0"].last_seq == 5
+
+
+def test_a_writer_cannot_fork_its_own_epoch():
+    first, head = chain([event(i) for i in range(4)], Head("tasks/0", epoch=1))
+    redone, _ = chain([event(2)], Head("tasks/0", 2, _hash(first[1]), 2))
+    fork, _ = chain([event(7)], Head("tasks/0", 2, _hash(first[1]), 2))  # the same epoch, from the same link again
+    result = verify({0: offsets(first + redone + fork)}, key=KEY)
+    assert result.chains["tasks/0"].broken.kind == "injected"
 
 
 def test_a_second_event_at_a_position_in_the_same_epoch_is_injected():
