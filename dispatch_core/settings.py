@@ -99,9 +99,17 @@ class Settings(BaseSettings):
     max_attempts: int = 3  # tries of a failing record before it is dead-lettered as poison
     retry_max_delay_s: float = 5.0  # backoff cap while Redis or the broker is unavailable
 
+    # --- finance --------------------------------------------------------------------
+    finance_store: Path | None = None  # the DuckDB file `dispatch finance sync` fills; None: <state_dir>/finance.duckdb
+
     def as_env(self) -> dict[str, str]:
         """These settings as DISPATCH_* variables, to hand to a child process."""
         return {f"DISPATCH_{k.upper()}": str(v) for k, v in self.model_dump().items() if v is not None}
+
+    @property
+    def finance_store_path(self) -> Path:
+        """Where the finance store lives (``finance_store``, else under the state dir)."""
+        return self.finance_store or self.state_dir / "finance.duckdb"
 
     def executor_topic(self, executor: str) -> str:
         """Kafka topic that carries the routed tasks of one executor."""
