@@ -39,7 +39,8 @@ from streams.consume import to_end, topic_reader
 from streams.dlq import DeadLetter
 from streams.producer import TaskProducer
 from streams.topics import ensure_topics
-from workers.finance import AuditLog, read_audit, summarise
+from workers.finance import AuditLog, cost_rows, read_audit, summarise
+from workers.finance_rules import savings
 
 from .output import short
 from .workload import demo_workload
@@ -179,6 +180,7 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
     dead = await _dead_letters(s)
     summary = {"run_id": run_id, "tasks_in": tasks, **summarise(log), "dlq": sum(dead.values()), "dlq_reasons": dead,
                "budgets": await _budget_states(s, log), "audit_topic": s.topic_audit,
+               "savings": savings(cost_rows(log)),
                "policy_version": policy.version}
     return summary
 
@@ -186,6 +188,12 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
 def _progress(console: Console) -> Progress:
     return Progress(TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TimeElapsedColumn(), console=console)
+
+
+def _savings_line(total: dict[str, Any]) -> str:
+    u, c = total["vs_untiered"], total["vs_complexity"]
+    return (f"{u['saved']} of {u['baseline']} ({u['saved_pct']:.1f}%) / "
+            f"{c['saved']} of {c['baseline']} ({c['saved_pct']:.1f}%)")
 
 
 def render(summary: dict[str, Any], console: Console) -> None:
@@ -212,6 +220,7 @@ def render(summary: dict[str, Any], console: Console) -> None:
          f"{summary['expired']} / {summary['duplicate_reports']} / {summary['skipped_duplicates']}"),
         ("audit events (decisions + settlements)", str(summary["audit_events"])),
         ("estimated vs actual cost of settled tasks", f"{summary['estimated_settled']} vs {summary['actual_settled']}"),
+        ("savings vs every task untiered / vs complexity alone", _savings_line(summary["savings"]["total"])),
         ("shadow mode: enforcement would have changed", json.dumps(summary["shadow_would_change"])),
         ("decision latency p50 / p95 / p99 (ms, per batch)",
          f"{summary['decision_p50_ms']} / {summary['decision_p95_ms']} / {summary['decision_p99_ms']}"),
