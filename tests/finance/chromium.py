@@ -54,6 +54,7 @@ async def render(page: Path, out_dir: Path, timeout_s: float = 60) -> Rendered:
     profile.mkdir(parents=True, exist_ok=True)
     (profile / "DevToolsActivePort").unlink(missing_ok=True)  # a previous run's port
     proc = subprocess.Popen([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
+                             "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",  # no network
                              f"--user-data-dir={profile}", "--window-size=1280,2400", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
