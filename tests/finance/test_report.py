@@ -82,7 +82,9 @@ def test_report_json_savings_match_an_independent_recomputation_from_the_raw_eve
 
 
 def test_sql_reads_the_store_and_cannot_write_it(env):
-    assert runner.invoke(app, ["finance", "sync"]).exit_code == 0
+    synced = runner.invoke(app, ["finance", "sync"])
+    assert synced.exit_code == 0, synced.output
+    print(synced.stdout)  # events read, new, events/s
     result = runner.invoke(app, ["finance", "sql", "--json",
                                  "SELECT service, count(*) AS n FROM decisions GROUP BY service ORDER BY service"])
     assert result.exit_code == 0, result.output
