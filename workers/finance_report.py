@@ -144,7 +144,7 @@ def adoption(p: Period) -> dict[str, Any]:
 def canary(p: Period) -> dict[str, Any]:
     """Per service and arm: cost per task, downgrade and rejection rates, latency from the settlements."""
     rows = p.rows("""
-        SELECT service, canary_arm AS arm, count(*) AS tasks, sum(cost) / count(*) AS cost_per_task,
+        SELECT service, canary_arm AS arm, count(*) AS tasks, (sum(cost) / count(*))::DECIMAL(18,6) AS cost_per_task,
                round(100.0 * count(*) FILTER (WHERE outcome = 'downgraded') / count(*), 2) AS downgrade_pct,
                round(100.0 * count(*) FILTER (WHERE outcome = 'rejected') / count(*), 2) AS rejection_pct,
                quantile_cont(decision_latency_ms, 0.95) AS decision_p95_ms,
