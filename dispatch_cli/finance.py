@@ -15,7 +15,7 @@ from rich.table import Table
 
 from dispatch_core.settings import Settings, get_settings
 from workers.finance_report import report as build_report
-from workers.finance_store import Applied, FinanceStore, SyncResult, sync
+from workers.finance_store import Applied, FinanceStore, SyncResult, open_store, sync
 
 from .output import console, errors, fail, run
 
@@ -26,19 +26,17 @@ StorePath = Annotated[Path | None, typer.Option("--store", help="DuckDB file (de
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
-def _open(path: Path, *, read_only: bool) -> FinanceStore:
-    """The store; one error line when it is missing or another process is writing it."""
-    if read_only and not path.exists():
+def _open(path: Path) -> FinanceStore:
+    """The store, read-only; one error line when it is missing or stays locked (waits up to 60 s for a writer)."""
+    if not path.exists():
         fail(f"no finance store at {path}: run `dispatch finance sync` first")
     try:
-        return FinanceStore(path, read_only=read_only)
-    except duckdb.IOException as exc:
-        fail(f"cannot open the finance store {path}: {str(exc).splitlines()[0]}",
-             "DuckDB lets one process write a store: is `dispatch finance sync --follow` running on it?")
+        return open_store(path, read_only=True, wait_s=60.0)
+    except duckdb.Error as exc:
+        fail(f"cannot open the finance store {path}: {str(exc).splitlines()[0]}")
 
 
-async def _sync(s: Settings, store: FinanceStore, topic: str, follow: bool, max_batch: int,
-                verbose: bool) -> SyncResult:
+async def _sync(s: Settings, path: Path, topic: str, follow: bool, max_batch: int, verbose: bool) -> SyncResult:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -48,15 +46,17 @@ async def _sync(s: Settings, store: FinanceStore, topic: str, follow: bool, max_
         at = " ".join(f"{p}:{o}" for p, o in sorted(offsets.items()))
         errors.print(f"committed {applied.read} events ({applied.new} new) next offsets {at}", soft_wrap=True)
 
-    return await sync(store, s.kafka_bootstrap, topic, follow=follow, stop=stop, max_records=max_batch,
+    return await sync(path, s.kafka_bootstrap, topic, follow=follow, stop=stop, max_records=max_batch,
                       on_batch=progress if verbose else None)
 
 
 def sync_store(s: Settings, path: Path, topic: str, *, follow: bool = False, max_batch: int = 5000,
                verbose: bool = False) -> SyncResult:
     """Bring the store at ``path`` up to the end of ``topic`` (or follow it until SIGINT/SIGTERM)."""
-    with _open(path, read_only=False) as store:
-        return run(_sync(s, store, topic, follow, max_batch, verbose))
+    try:
+        return run(_sync(s, path, topic, follow, max_batch, verbose))
+    except duckdb.Error as exc:
+        fail(f"finance store {path}: {str(exc).splitlines()[0]}")
 
 
 @finance_app.command("sync")
@@ -87,7 +87,7 @@ def sql_cmd(
 ) -> None:
     """Ask the finance store your own question (tables: decisions, settlements, decision_budgets, offsets)."""
     path = store or get_settings().finance_store_path
-    with _open(path, read_only=True) as st:
+    with _open(path) as st:
         try:
             cur = st.db.execute(query)
         except duckdb.Error as exc:
@@ -129,7 +129,7 @@ def report(
     start, end = _when("--since", since), _when("--until", until)
     if not no_sync:
         sync_store(s, path, topic)
-    with _open(path, read_only=True) as st:
+    with _open(path) as st:
         data = build_report(st.db, start, end)
         if html is not None:
             from workers.finance_html import write_html

@@ -266,18 +266,50 @@ class SyncResult:
         return self.read / self.seconds if self.seconds else 0.0
 
 
-async def sync(store: FinanceStore, bootstrap: str, topic: str, *, follow: bool = False,
-               stop: asyncio.Event | None = None, max_records: int = 5000,
+def _locked(exc: duckdb.Error) -> bool:
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc)
+
+
+def open_store(path: Path, *, read_only: bool = False, wait_s: float = 10.0) -> FinanceStore:
+    """The store, waiting up to ``wait_s`` while another process holds it (DuckDB: one writer, or readers)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return FinanceStore(path, read_only=read_only)
+        except duckdb.Error as exc:
+            if not _locked(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)  # backoff while a reader or the follower has it
+
+
+async def _open_async(path: Path, wait_s: float) -> FinanceStore:
+    """``open_store`` for the sync loop: waits without blocking the consumer's event loop."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return FinanceStore(path)
+        except duckdb.Error as exc:
+            if not _locked(exc) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.05)
+
+
+async def sync(path: Path, bootstrap: str, topic: str, *, follow: bool = False,
+               stop: asyncio.Event | None = None, max_records: int = 5000, lock_wait_s: float = 60.0,
                on_batch: Callable[[Applied, dict[int, int]], None] | None = None) -> SyncResult:
-    """Read ``topic`` from the store's offsets into the store: to the current end, or until ``stop``.
+    """Read ``topic`` from the store's offsets into the store at ``path``: to the current end, or until ``stop``.
 
     Every batch is one DuckDB transaction with its partitions' next offsets (see module docstring).
+    The file is opened for each batch and closed after it, so ``finance sql`` and ``finance
+    report`` can read it between batches while a follower runs (DuckDB takes one writer process
+    *or* readers); either side waits for the other (``lock_wait_s``).
     """
     result, started = SyncResult(), time.monotonic()
     stop = stop or asyncio.Event()
     async with topic_reader(bootstrap, topic) as consumer:
         parts = sorted(consumer.assignment())
-        stored = store.offsets(topic)
+        with await _open_async(path, lock_wait_s) as store:
+            stored = store.offsets(topic)
         for tp in parts:
             if tp.partition in stored:
                 consumer.seek(tp, stored[tp.partition])
@@ -291,13 +323,15 @@ async def sync(store: FinanceStore, bootstrap: str, topic: str, *, follow: bool 
             events = [Event(m.partition, m.offset, m.value) for msgs in batch.values() for m in msgs]
             if not events:
                 continue
-            applied = store.apply(topic, events)
+            with await _open_async(path, lock_wait_s) as store:
+                applied = store.apply(topic, events)
+                offsets = store.offsets(topic)
             result.read += applied.read
             result.new += applied.new
             result.undecodable += applied.undecodable
             result.batches += 1
             if on_batch:
-                on_batch(applied, store.offsets(topic))
+                on_batch(applied, offsets)
     result.seconds = time.monotonic() - started
     return result
 
@@ -312,8 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = get_settings()
     harden_aiokafka()
-    with FinanceStore(settings.finance_store_path) as store:
-        done = asyncio.run(sync(store, settings.kafka_bootstrap, settings.topic_audit, follow=args.follow))
+    done = asyncio.run(sync(settings.finance_store_path, settings.kafka_bootstrap, settings.topic_audit,
+                            follow=args.follow))
     print(f"finance store {settings.finance_store_path}: {done.read} events read, {done.new} new", file=sys.stderr)
 
 

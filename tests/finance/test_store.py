@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
+from typer.testing import CliRunner
+
+from dispatch_cli.main import app
 
 from schemas import decode
 from stack.children import ProcessGroup
@@ -14,6 +18,8 @@ from streams.consume import to_end, topic_reader
 from workers.finance_store import FinanceStore, sync
 
 from .conftest import Recorded
+
+runner = CliRunner()
 
 
 async def copy(bootstrap: str, records, topic: str) -> None:
@@ -50,6 +56,11 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(recorded: Re
     try:
         procs.start("sync", run, "finance", "sync", "--follow", "--verbose", "--max-batch", "1")
         await wait_lines(procs.log("sync"), procs, 1)
+        # readers get in between the follower's batches (it holds the file only while it writes one)
+        count = runner.invoke(app, ["finance", "sql", "--store", str(store_path), "--json",
+                                    "SELECT count(*) AS n FROM decisions"])
+        assert count.exit_code == 0, count.output
+        assert json.loads(count.stdout)[0]["n"] >= 1
         # the rest, and every event of the first half again (an at-least-once writer's repeats)
         await copy(s.kafka_bootstrap, recorded.records[half:] + recorded.records[:half], topic)
         seen = committed_lines(procs.log("sync"))
@@ -68,17 +79,18 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(recorded: Re
 
     with FinanceStore(store_path) as store:
         at_kill = store.count("decisions") + store.count("settlements")
-        assert 0 < at_kill < len(keys), "the kill should land mid-stream"
-        done = await sync(store, s.kafka_bootstrap, topic)  # restart: resumes from the stored offsets
-        assert done.read < len(on_topic)  # it did not start over
+    assert 0 < at_kill < len(keys), "the kill should land mid-stream"
+    done = await sync(store_path, s.kafka_bootstrap, topic)  # restart: resumes from the stored offsets
+    assert done.read < len(on_topic)  # it did not start over
+    again = await sync(store_path, s.kafka_bootstrap, topic)
+    assert (again.read, again.new) == (0, 0)
+    with FinanceStore(store_path) as store:
         rows = set(store.db.execute("SELECT decision_id, 'decision' FROM decisions UNION ALL "
                                     "SELECT decision_id, kind FROM settlements").fetchall())
         assert store.count("decisions") + store.count("settlements") == len(rows) == len(keys)
         assert rows == keys
         ends = {tp.partition: o for tp, o in (await _ends(s.kafka_bootstrap, topic)).items()}
         assert store.offsets(topic) == ends
-        again = await sync(store, s.kafka_bootstrap, topic)
-        assert (again.read, again.new) == (0, 0)
 
 
 async def _ends(bootstrap: str, topic: str):
