@@ -18,21 +18,22 @@ from .finance_report import Period, budget_timeline
 
 
 def spend_vs_budgets(timeline: list[dict[str, Any]]) -> go.Figure:
-    """Committed spend (spent + reserved) after each decision, one line per budget scope, its limit
-    dashed, and the decisions that were downgrades as red crosses."""
+    """Committed spend (spent + reserved) over time, one line per budget scope (it falls back at each
+    new window), its limit dashed, and the time buckets that held downgrades as red crosses."""
     fig = go.Figure()
     series: dict[str, list[dict[str, Any]]] = {}
     for r in timeline:
-        series.setdefault(f"{r['budget_id']} {r['scope']} ({r['window'].split(':')[0]})", []).append(r)
+        series.setdefault(f"{r['budget_id']} {r['scope']}", []).append(r)
     for name, rows in series.items():
-        x = [r["decided_at"] for r in rows]
+        x = [r["bucket"] for r in rows]
         fig.add_trace(go.Scatter(x=x, y=[float(r["committed_after"]) for r in rows], mode="lines", name=name))
-        fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[float(rows[0]["limit"])] * 2, mode="lines",
-                                 line={"dash": "dash"}, name=f"{name} limit"))
-        down = [r for r in rows if r["downgraded"]]
+        fig.add_trace(go.Scatter(x=x, y=[float(r["limit"]) for r in rows], mode="lines", line={"dash": "dash"},
+                                 line_shape="hv", name=f"{name} limit"))
+        down = [r for r in rows if r["downgrades"]]
         if down:
-            fig.add_trace(go.Scatter(x=[r["decided_at"] for r in down], y=[float(r["committed_after"]) for r in down],
-                                     mode="markers", marker={"symbol": "x", "color": "red", "size": 6},
+            fig.add_trace(go.Scatter(x=[r["bucket"] for r in down], y=[float(r["committed_after"]) for r in down],
+                                     mode="markers", marker={"symbol": "x", "color": "red", "size": 7},
+                                     text=[f"{r['downgrades']} downgrades" for r in down],
                                      name=f"{name} downgrades"))
     fig.update_layout(title="Spend against each budget (downgrades marked)", yaxis_title="committed")
     return fig

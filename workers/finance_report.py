@@ -157,14 +157,20 @@ def canary(p: Period) -> dict[str, Any]:
     return out
 
 
-def budget_timeline(p: Period) -> list[dict[str, Any]]:
-    """Each budget scope's committed spend after every decision that touched it, in time order, and
-    whether that decision was a downgrade (for the HTML chart)."""
+def budget_timeline(p: Period, points: int = 400) -> list[dict[str, Any]]:
+    """Each budget scope's committed spend over time, for the HTML chart: per time bucket (the period
+    cut into about ``points`` buckets, so a month of traffic stays a small page), the highest committed
+    spend after a decision in it, the limit, and how many of its decisions were downgrades."""
+    span = p.rows("SELECT epoch_us(min(decided_at)) AS lo, epoch_us(max(decided_at)) AS hi FROM tasks")[0]
+    if span["lo"] is None:
+        return []
+    bucket_us = max(1, (span["hi"] - span["lo"]) // points)
     return p.rows("""
-        SELECT b.budget_id, b.scope, b."window", b."limit", t.decided_at, b.committed_after,
-               t.outcome = 'downgraded' AS downgraded
+        SELECT b.budget_id, b.scope, make_timestamptz(epoch_us(t.decided_at) // ? * ?) AS bucket,
+               max(b."limit") AS "limit", max(b.committed_after) AS committed_after,
+               count(*) FILTER (WHERE t.outcome = 'downgraded') AS downgrades
         FROM tasks t JOIN decision_budgets b USING (decision_id)
-        ORDER BY b.budget_id, b.scope, b."window", t.decided_at, t.sequence NULLS LAST""")
+        GROUP BY ALL ORDER BY b.budget_id, b.scope, bucket""", bucket_us, bucket_us)
 
 
 def report(db: duckdb.DuckDBPyConnection, since: dt.datetime | None = None,

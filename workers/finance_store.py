@@ -127,24 +127,22 @@ def _link(record: dict[str, Any]) -> dict[str, Any]:
     return {f"link_{k}": link.get(k) for k in ("chain", "seq", "prev", "hash", "alg", "epoch")}
 
 
+_DECISION_COPIED = [n for n, k in TABLES["decisions"] if k in ("VARCHAR", "DOUBLE", "BIGINT")
+                    and not n.startswith(("link_", "audit_")) and n not in ("complexity_inputs", "executor_load")]
+_DECISION_MONEY = [n for n, k in TABLES["decisions"] if k == MONEY]
+_BUDGET_MONEY = [n for n, k in TABLES["decision_budgets"] if k == MONEY]
+
+
 def decision_rows(d: dict[str, Any], at: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A decoded decision event as its ``decisions`` row and its ``decision_budgets`` rows."""
-    row = {name: d.get(name) for name, _ in TABLES["decisions"] if name in d}
-    row.update(_link(d), **at)
-    for name, kind in TABLES["decisions"]:
-        if kind == MONEY:
-            row[name] = _money(d.get(name))
-    row["decided_at"] = _micros(d["decided_at"])
-    row["complexity_inputs"] = json.dumps(d.get("complexity_inputs") or {}, sort_keys=True)
-    row["executor_load"] = json.dumps(d.get("executor_load") or {}, sort_keys=True)
-    row["triggers"] = list(d["triggers"])
-    row.pop("link", None)
-    budgets = []
-    for b in d["budgets"]:
-        budgets.append({**b, "decision_id": d["decision_id"], "window_start": _micros(b["window_start"]),
-                        "window_end": _micros(b["window_end"]),
-                        **{k: _money(b[k]) for k in ("limit", "spent", "reserved_before", "committed_after",
-                                                      "projected")}})
+    row = {n: d.get(n) for n in _DECISION_COPIED}
+    row.update({n: _money(d.get(n)) for n in _DECISION_MONEY}, **_link(d), **at,
+               decided_at=_micros(d["decided_at"]), triggers=list(d["triggers"]),
+               complexity_inputs=json.dumps(d.get("complexity_inputs") or {}, sort_keys=True),
+               executor_load=json.dumps(d.get("executor_load") or {}, sort_keys=True))
+    budgets = [{**b, "decision_id": d["decision_id"], "window_start": _micros(b["window_start"]),
+                "window_end": _micros(b["window_end"]), **{n: _money(b[n]) for n in _BUDGET_MONEY}}
+               for b in d["budgets"]]
     return row, budgets
 
 
