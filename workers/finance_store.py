@@ -15,8 +15,8 @@ Why this shape:
 * **An undecodable event** is recorded in ``undecodable`` (partition, offset, error) in the same
   transaction and the partition moves on, so one bad record cannot stall finance.
 
-Rows go in as one JSON document per table and batch (``from_json`` + ``unnest``): DuckDB's
-``executemany`` takes about 4 ms a row, this about 25 us.
+Rows go in as one JSON document per table and batch (``from_json`` + ``unnest``): measured here,
+DuckDB's ``executemany`` took about 4 ms a row, this about 0.3 ms a decision row (55 columns).
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def workload(n: int) -> list[dict]:
     return [{k: v for k, v in t.items() if v is not None} for t in out]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 async def recorded(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     tmp = tmp_path_factory.mktemp("finance-run")
     ns = f"test.fin.{uuid.uuid4().hex[:8]}"
