@@ -35,12 +35,13 @@ from dispatch_core.settings import Settings
 from stack import process
 from stack.children import ProcessGroup
 from stack.errors import ServiceFailed
+from streams.audit import verify_topic
 from streams.consume import to_end, topic_reader
 from streams.dlq import DeadLetter
 from streams.producer import TaskProducer
 from streams.topics import ensure_topics
-from streams.audit import verify_topic
-from workers.finance import AuditLog, read_audit, summarise
+from workers.finance import AuditLog, cost_rows, read_audit, summarise
+from workers.finance_rules import savings
 
 from .output import short
 from .workload import demo_workload
@@ -178,6 +179,7 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
     verified = await verify_topic(s)
     summary = {"run_id": run_id, "tasks_in": tasks, **summarise(log), "dlq": sum(dead.values()), "dlq_reasons": dead,
                "budgets": await _budget_states(s, log), "audit_topic": s.topic_audit,
+               "savings": savings(cost_rows(log)),
                "policy_version": policy.version, "audit_verified": verified.ok,
                "audit_chains": len(verified.chains)}
     return summary
@@ -186,6 +188,12 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
 def _progress(console: Console) -> Progress:
     return Progress(TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TimeElapsedColumn(), console=console)
+
+
+def _savings_line(total: dict[str, Any]) -> str:
+    u, c = total["vs_untiered"], total["vs_complexity"]
+    return (f"{u['saved']} of {u['baseline']} ({u['saved_pct']:.1f}%) / "
+            f"{c['saved']} of {c['baseline']} ({c['saved_pct']:.1f}%)")
 
 
 def render(summary: dict[str, Any], console: Console) -> None:
@@ -214,6 +222,7 @@ def render(summary: dict[str, Any], console: Console) -> None:
         ("audit hash chains (dispatch audit verify)",
          f"{summary['audit_chains']} chains, {'verified' if summary['audit_verified'] else 'BROKEN'}"),
         ("estimated vs actual cost of settled tasks", f"{summary['estimated_settled']} vs {summary['actual_settled']}"),
+        ("savings vs every task untiered / vs complexity alone", _savings_line(summary["savings"]["total"])),
         ("shadow mode: enforcement would have changed", json.dumps(summary["shadow_would_change"])),
         ("decision latency p50 / p95 / p99 (ms, per batch)",
          f"{summary['decision_p50_ms']} / {summary['decision_p95_ms']} / {summary['decision_p99_ms']}"),

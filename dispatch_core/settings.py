@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     max_attempts: int = 3  # tries of a failing record before it is dead-lettered as poison
     retry_max_delay_s: float = 5.0  # backoff cap while Redis or the broker is unavailable
 
+    # --- finance --------------------------------------------------------------------
+    finance_store: Path | None = None  # the DuckDB file `dispatch finance sync` fills; None: <state_dir>/finance.duckdb
+
     def as_env(self) -> dict[str, str]:
         """These settings as DISPATCH_* variables, to hand to a child process (secrets included)."""
         return {f"DISPATCH_{k.upper()}": str(v.get_secret_value() if isinstance(v, SecretStr) else v)
@@ -114,6 +117,11 @@ class Settings(BaseSettings):
                   "topic_audit_checkpoints": f"{ns}.audit.checkpoints", "topic_cost": f"{ns}.cost",
                   "topic_load": f"{ns}.load", "topic_dlq": f"{ns}.dlq"}
         return self.model_copy(update={**topics, **update})
+
+    @property
+    def finance_store_path(self) -> Path:
+        """Where the finance store lives (``finance_store``, else under the state dir)."""
+        return self.finance_store or self.state_dir / "finance.duckdb"
 
     def executor_topic(self, executor: str) -> str:
         """Kafka topic that carries the routed tasks of one executor."""
