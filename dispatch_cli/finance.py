@@ -26,7 +26,7 @@ StorePath = Annotated[Path | None, typer.Option("--store", help="DuckDB file (de
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
-def _open(path: Path) -> FinanceStore:
+def open_store_or_fail(path: Path) -> FinanceStore:
     """The store, read-only; one error line when it is missing or stays locked (waits up to 60 s for a writer)."""
     if not path.exists():
         fail(f"no finance store at {path}: run `dispatch finance sync` first")
@@ -87,7 +87,7 @@ def sql_cmd(
 ) -> None:
     """Ask the finance store your own question (tables: decisions, settlements, decision_budgets, offsets)."""
     path = store or get_settings().finance_store_path
-    with _open(path) as st:
+    with open_store_or_fail(path) as st:
         try:
             cur = st.db.execute(query)
         except duckdb.Error as exc:
@@ -129,7 +129,7 @@ def report(
     start, end = _when("--since", since), _when("--until", until)
     if not no_sync:
         sync_store(s, path, topic)
-    with _open(path) as st:
+    with open_store_or_fail(path) as st:
         data = build_report(st.db, start, end)
         if html is not None:
             from workers.finance_html import write_html
