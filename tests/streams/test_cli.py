@@ -46,6 +46,7 @@ def test_demo_json_reports_a_run_on_the_real_stack(stack, monkeypatch, fresh_set
     assert summary["settled"] == summary["routed"]  # every routed task's actual cost came back
     assert summary["audit_events"] == summary["decisions"] + summary["settled"]
     assert "shadow" in summary["by_trigger"]
+    assert summary["audit_verified"] is True and summary["audit_chains"] >= 2  # dispatch audit verify, in the demo
 
     # what-if on the run just recorded: replay its audit topic under the packaged default policy
     from dispatch_core.policy import DEFAULT_POLICY_PATH
