@@ -8,6 +8,6 @@ COPY streams ./streams
 COPY schemas ./schemas
 COPY workers ./workers
 COPY stack ./stack
-RUN pip install --no-cache-dir . && useradd --create-home dispatch
+RUN pip install --no-cache-dir . && useradd --create-home dispatch && mkdir -p /data && chown dispatch /data  # /data: the finance store (compose)
 USER dispatch
 ENTRYPOINT ["dispatch"]

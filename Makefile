@@ -10,7 +10,8 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := $(if $(shell command -v redis-server),,redis-server) \
           $(if $(shell command -v java),,default-jre-headless) \
           $(if $(shell command -v mvn),,maven) \
-          $(if $(shell command -v kcat),,kcat)
+          $(if $(shell command -v kcat),,kcat) \
+          $(if $(shell command -v chromium),,chromium)
 
 .PHONY: demo test setup system-deps
 

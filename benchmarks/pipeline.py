@@ -45,9 +45,8 @@ VARIANTS: dict[str, dict[str, object]] = {
 
 async def _settings(base: Settings, variant: dict[str, object], workdir: Path) -> Settings:
     ns = f"bench.{secrets.token_hex(4)}"
-    s = base.model_copy(update={
-        "topic_tasks": f"{ns}.tasks", "topic_executor_prefix": f"{ns}.exec.", "topic_audit": f"{ns}.audit",
-        "topic_cost": f"{ns}.cost", "topic_load": f"{ns}.load", "topic_dlq": f"{ns}.dlq", "app_id": ns,
+    s = base.namespaced(ns, **{
+        "app_id": ns,
         "metrics_port": 0, "state_dir": workdir, **variant,
     })
     await ensure_topics(s, load_policy(s.policy_file).executors())

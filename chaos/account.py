@@ -51,6 +51,9 @@ uncharged_executions
     Decisions with a ``succeeded`` report but no settlement event that charged the report's
     cost (settled, settled_late or unreserved) by the end. An expiry alone does not count:
     it charges the estimate, not the run.
+chain_breaks
+    Audit hash chains that ``dispatch audit verify`` reports broken at the end, plus events
+    it could not place in any chain. Normal operation, crashes included, must leave none.
 recover_s
     Seconds from the fault being lifted (the restart issued, or the service answering again)
     to the first event of the interrupted flow that reaches the read_committed tail, was
@@ -227,6 +230,7 @@ class Row:
     uncharged_executions: int
     recover_s: float | None
     note: str
+    chain_breaks: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     error: str = ""  # the scenario could not run to its end
 
@@ -235,7 +239,7 @@ class Row:
         """Every invariant the default (exactly-once) configuration promises holds."""
         return (not self.error and self.lost == 0 and self.overshoot == 0 and self.double_charges == 0 and self.uncharged_executions == 0
                 and self.duplicate_executions == 0 and self.distinct_decisions == self.tasks_in
-                and self.duplicate_events == 0 and self.routed_mismatches == 0)
+                and self.duplicate_events == 0 and self.routed_mismatches == 0 and self.chain_breaks == 0)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

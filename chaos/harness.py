@@ -23,7 +23,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from stack import LocalStack, process
 from stack.process import free_ports
 from stack.children import ProcessGroup
 from stack.kafka import quiet_aiokafka
+from streams.audit import verify_topic
 from streams.producer import idempotent_producer
 from streams.topics import admin_client, ensure_topics
 
@@ -235,9 +236,7 @@ class Rig:
         if policy is not None:
             policy_file = self.dir / "policy.json"
             policy_file.write_text(policy.canonical_json())
-        self.settings = stack.settings.model_copy(update={
-            "topic_tasks": f"{name}.tasks", "topic_executor_prefix": f"{name}.exec.", "topic_audit": f"{name}.audit",
-            "topic_cost": f"{name}.cost", "topic_load": f"{name}.load", "topic_dlq": f"{name}.dlq",
+        self.settings = stack.settings.namespaced(name, **{
             "app_id": f"chaos-{name}", "state_dir": self.dir, "policy_file": policy_file, "metrics_port": 0,
             "reservation_ttl_s": 30.0 if quick else 60.0, **overrides,
         })
@@ -479,12 +478,16 @@ class Rig:
         await self.close()
         with quiet_aiokafka():
             crossed = await read_all(self.settings, self.executors)
+            verified = await verify_topic(self.settings)
+        breaks = [c.broken for c in verified.chains.values() if c.broken] + verified.problems
+        self.notes += [f"audit chain broken: {b.kind} at {b.partition}/{b.offset}: {b.detail}" for b in breaks[:3]]
         self.ledger.final = await self._budgets()
         held = await self._held_claims()
         if held:
             self.notes.append(f"{held} execution claims still held (run:<owner>, never done)")
-        return account(self.name, crossed, expect, self.ledger, live=self.seen, recover=self.recover() if self.faults else None,
-                       notes=[*notes, *self.notes, *self.exits])
+        row = account(self.name, crossed, expect, self.ledger, live=self.seen,
+                      recover=self.recover() if self.faults else None, notes=[*notes, *self.notes, *self.exits])
+        return replace(row, chain_breaks=len(breaks))
 
     async def _drain(self, expect: Expect, timeout_s: float, stall_s: float) -> None:
         """Wait until nothing is pending; give up (noted) when no worker is left, nothing moved for

@@ -35,11 +35,13 @@ from dispatch_core.settings import Settings
 from stack import process
 from stack.children import ProcessGroup
 from stack.errors import ServiceFailed
+from streams.audit import verify_topic
 from streams.consume import to_end, topic_reader
 from streams.dlq import DeadLetter
 from streams.producer import TaskProducer
 from streams.topics import ensure_topics
-from workers.finance import AuditLog, read_audit, summarise
+from workers.finance import AuditLog, cost_rows, read_audit, summarise
+from workers.finance_rules import savings
 
 from .output import short
 from .workload import demo_workload
@@ -65,10 +67,7 @@ def demo_policy(base: Policy) -> Policy:
 
 def demo_settings(base: Settings, run_id: str, run_dir: Path) -> Settings:
     """The stack's settings with this run's own topics, Redis DB, policy file and metrics port."""
-    ns = f"demo.{run_id}."
-    return base.model_copy(update={
-        "topic_tasks": ns + "tasks", "topic_executor_prefix": ns + "exec.", "topic_audit": ns + "audit",
-        "topic_cost": ns + "cost", "topic_load": ns + "load", "topic_dlq": ns + "dlq",
+    return base.namespaced(f"demo.{run_id}", **{
         "app_id": f"dispatch-demo-{run_id}", "redis_url": base.redis_url.rsplit("/", 1)[0] + "/1",
         "policy_file": run_dir / "policy.json", "metrics_port": process.free_ports(1)[0], "reservation_ttl_s": 120.0,
     })
@@ -177,15 +176,24 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
         log.settlements.pop((key, "settled"), None)
         log.raw_events -= 2
     dead = await _dead_letters(s)
+    verified = await verify_topic(s)
     summary = {"run_id": run_id, "tasks_in": tasks, **summarise(log), "dlq": sum(dead.values()), "dlq_reasons": dead,
                "budgets": await _budget_states(s, log), "audit_topic": s.topic_audit,
-               "policy_version": policy.version}
+               "savings": savings(cost_rows(log)),
+               "policy_version": policy.version, "audit_verified": verified.ok,
+               "audit_chains": len(verified.chains)}
     return summary
 
 
 def _progress(console: Console) -> Progress:
     return Progress(TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TimeElapsedColumn(), console=console)
+
+
+def _savings_line(total: dict[str, Any]) -> str:
+    u, c = total["vs_untiered"], total["vs_complexity"]
+    return (f"{u['saved']} of {u['baseline']} ({u['saved_pct']:.1f}%) / "
+            f"{c['saved']} of {c['baseline']} ({c['saved_pct']:.1f}%)")
 
 
 def render(summary: dict[str, Any], console: Console) -> None:
@@ -211,7 +219,10 @@ def render(summary: dict[str, Any], console: Console) -> None:
         ("expired reservations / duplicate reports / repeats skipped by executors",
          f"{summary['expired']} / {summary['duplicate_reports']} / {summary['skipped_duplicates']}"),
         ("audit events (decisions + settlements)", str(summary["audit_events"])),
+        ("audit hash chains (dispatch audit verify)",
+         f"{summary['audit_chains']} chains, {'verified' if summary['audit_verified'] else 'BROKEN'}"),
         ("estimated vs actual cost of settled tasks", f"{summary['estimated_settled']} vs {summary['actual_settled']}"),
+        ("savings vs every task untiered / vs complexity alone", _savings_line(summary["savings"]["total"])),
         ("shadow mode: enforcement would have changed", json.dumps(summary["shadow_would_change"])),
         ("decision latency p50 / p95 / p99 (ms, per batch)",
          f"{summary['decision_p50_ms']} / {summary['decision_p95_ms']} / {summary['decision_p99_ms']}"),

@@ -14,6 +14,7 @@ from streams.kafka_client import harden_aiokafka
 from . import run as run_cmds
 from . import stack, topics
 from .chaos import chaos
+from .audit import audit_app
 from .dlq import dlq_app
 from .finance import finance_app
 from .policy import policy_app, rollout_app
@@ -28,6 +29,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(finance_app, name="finance")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(audit_app, name="audit")
 app.command()(run_cmds.worker)
 app.command()(run_cmds.executor)
 app.command()(run_cmds.submit)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     topic_tasks: str = "dispatch.tasks"
     topic_executor_prefix: str = "dispatch.exec."
     topic_audit: str = "dispatch.audit"
+    topic_audit_checkpoints: str = "dispatch.audit.checkpoints"  # chain heads, apart from the audit topic
+    audit_checkpoint_interval_s: float = 10.0  # a chain's head is checkpointed at most this often
     topic_cost: str = "dispatch.cost"
     topic_load: str = "dispatch.load"
     topic_dlq: str = "dispatch.dlq"
@@ -97,6 +99,8 @@ class Settings(BaseSettings):
     # exactly_once: each batch's outputs and input offsets in one Kafka transaction (readers use
     # read_committed); at_least_once: offsets committed right after the outputs are acknowledged
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    # HMAC-SHA-256 key of the audit hash chains (README "Tamper evidence"); without one, plain SHA-256
+    audit_key: SecretStr | None = None
     transaction_timeout_s: float = 10.0  # an abandoned transaction is aborted by the broker after this
     # aiokafka waits a fixed 20 ms whenever a transaction starts while the last one's commit
     # markers are still being written (CONCURRENT_TRANSACTIONS, KAFKA-5477), i.e. on nearly every
@@ -108,9 +112,25 @@ class Settings(BaseSettings):
     max_attempts: int = 3  # tries of a failing record before it is dead-lettered as poison
     retry_max_delay_s: float = 5.0  # backoff cap while Redis or the broker is unavailable
 
+    # --- finance --------------------------------------------------------------------
+    finance_store: Path | None = None  # the DuckDB file `dispatch finance sync` fills; None: <state_dir>/finance.duckdb
+
     def as_env(self) -> dict[str, str]:
-        """These settings as DISPATCH_* variables, to hand to a child process."""
-        return {f"DISPATCH_{k.upper()}": str(v) for k, v in self.model_dump().items() if v is not None}
+        """These settings as DISPATCH_* variables, to hand to a child process (secrets included)."""
+        return {f"DISPATCH_{k.upper()}": str(v.get_secret_value() if isinstance(v, SecretStr) else v)
+                for k, v in self.model_dump().items() if v is not None}
+
+    def namespaced(self, ns: str, **update: object) -> Settings:
+        """These settings with a private set of topics, all named ``<ns>.<topic>``."""
+        topics = {"topic_tasks": f"{ns}.tasks", "topic_executor_prefix": f"{ns}.exec.", "topic_audit": f"{ns}.audit",
+                  "topic_audit_checkpoints": f"{ns}.audit.checkpoints", "topic_cost": f"{ns}.cost",
+                  "topic_load": f"{ns}.load", "topic_dlq": f"{ns}.dlq"}
+        return self.model_copy(update={**topics, **update})
+
+    @property
+    def finance_store_path(self) -> Path:
+        """Where the finance store lives (``finance_store``, else under the state dir)."""
+        return self.finance_store or self.state_dir / "finance.duckdb"
 
     def executor_topic(self, executor: str) -> str:
         """Kafka topic that carries the routed tasks of one executor."""

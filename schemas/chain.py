@@ -8,7 +8,7 @@ chain has one writer, and all its events go to one audit partition, in order. Th
 offset's metadata: a new owner reads it back with the offsets, so the head survives any
 crash exactly as the events do, and an aborted batch takes its links with it.
 
-Each event's link is ``hash = H(chain, seq, prev, body)`` where ``body`` is its Avro body
+Each event's link is ``hash = H(chain, seq, prev, epoch, body)`` where ``body`` is its Avro body
 up to the link field (the last field), and ``H`` is SHA-256, or HMAC-SHA-256 with the
 writers' key (``DISPATCH_AUDIT_KEY``), so that without the key a forger cannot recompute
 the chain after changing it.
@@ -21,12 +21,14 @@ import hmac
 import io
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import fastavro
 
 from schemas.codec import DECISION
 
 GENESIS = "0" * 64
+HMAC = "hmac-sha256"
 #: The ChainLink record, as the current decision schema defines it (settlement uses the same).
 _LINK_SCHEMA = fastavro.parse_schema(
     next(t for t in next(f for f in DECISION.raw["fields"] if f["name"] == "link")["type"] if t != "null"))
@@ -74,16 +76,65 @@ class Head:
         return cls(chain, int(data["seq"]), str(data["hash"]), int(data["epoch"]))
 
 
-def digest(key: bytes | None, chain: str, seq: int, prev: str, body: bytes) -> str:
-    """The link hash of an event's body at ``seq`` after ``prev``."""
-    message = f"{chain}\n{seq}\n{prev}\n".encode() + body
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A chain's head as written, kept on the checkpoint topic: the audit topic cannot lose its end
+    silently. ``mac`` is the digest of the other fields (keyed when the writers hold the key)."""
+
+    chain: str
+    seq: int
+    hash: str
+    offset: int  # the head event's offset on the audit topic
+    alg: str = "sha256"
+    mac: str = ""
+
+    @classmethod
+    def of(cls, chain: str, seq: int, hash_: str, offset: int, key: bytes | None) -> Checkpoint:
+        return cls(chain, seq, hash_, offset, alg(key), digest(key, ("checkpoint", chain, seq, hash_, offset)))
+
+    def valid(self, key: bytes | None) -> bool:
+        """The MAC matches; with a key, only a keyed MAC counts (a plain one can be made by anyone)."""
+        if key and self.alg != HMAC:
+            return False
+        keyed = key if self.alg == HMAC else None
+        return bool(self.mac) and hmac.compare_digest(
+            self.mac, digest(keyed, ("checkpoint", self.chain, self.seq, self.hash, self.offset)))
+
+    def encode(self) -> bytes:
+        return json.dumps({"chain": self.chain, "seq": self.seq, "hash": self.hash, "offset": self.offset,
+                           "alg": self.alg, "mac": self.mac}, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> Checkpoint:
+        """A checkpoint record; ValueError if it is not one."""
+        try:
+            d = json.loads(value or b"")
+            return cls(str(d["chain"]), int(d["seq"]), str(d["hash"]), int(d["offset"]), str(d["alg"]),
+                       str(d["mac"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a checkpoint record: {exc!r}") from exc
+
+
+def digest(key: bytes | None, fields: tuple[object, ...], body: bytes = b"") -> str:
+    """SHA-256 (HMAC-SHA-256 with a key) of ``fields``, one per line, then ``body``."""
+    message = "".join(f"{f}\n" for f in fields).encode() + body
     if key:
         return hmac.new(key, message, hashlib.sha256).hexdigest()
     return hashlib.sha256(message).hexdigest()
 
 
 def alg(key: bytes | None) -> str:
-    return "hmac-sha256" if key else "sha256"
+    return HMAC if key else "sha256"
+
+
+def link_matches(link: dict[str, Any], content: bytes, key: bytes | None) -> bool:
+    """Whether ``link`` (as decoded) is the hash of ``content`` at its place. With a key, only a
+    keyed link counts: a writer holding the key never writes a plain one, anybody can."""
+    if key and link["alg"] != HMAC:
+        return False
+    keyed = key if link["alg"] == HMAC else None
+    expected = digest(keyed, (link["chain"], link["seq"], link["prev"], link["epoch"]), content)
+    return hmac.compare_digest(expected, link["hash"])
 
 
 def unlinked(body: bytes) -> bytes:
@@ -104,7 +155,8 @@ def link_bytes(link: Link) -> bytes:
 def append(head: Head, content: bytes, key: bytes | None) -> tuple[Link, Head]:
     """Link ``content`` (an unlinked body) after ``head``: its link and the chain's new head."""
     seq = head.seq + 1
-    link = Link(head.chain, seq, head.hash, digest(key, head.chain, seq, head.hash, content), alg(key), head.epoch)
+    link = Link(head.chain, seq, head.hash, digest(key, (head.chain, seq, head.hash, head.epoch), content), alg(key),
+                head.epoch)
     return link, Head(head.chain, seq, link.hash, head.epoch)
 
 

@@ -105,6 +105,11 @@ def encode(schema: EventSchema, record: dict[str, Any]) -> bytes:
     return MAGIC + schema.fingerprint + body(schema, record)
 
 
+def prefix_length(data: bytes) -> int:
+    """Bytes before the Avro body: 10 for single-object encoding, 5 for the Confluent wire format."""
+    return 5 if data[:1] == b"\x00" else 10
+
+
 def split(data: bytes) -> tuple[EventSchema, bytes]:
     """The writer's schema and the Avro body of a single-object encoded event."""
     if data[:2] != MAGIC or len(data) < 10:

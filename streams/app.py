@@ -22,6 +22,8 @@ from typing import Any
 
 import faust
 from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError
+from aiokafka.structs import OffsetAndMetadata
 
 from dispatch_core.dispatcher import Dispatcher
 from dispatch_core.ledger import RedisLedger
@@ -30,6 +32,7 @@ from dispatch_core.policy_store import PolicyStore
 from dispatch_core.settings import Settings
 from schemas import Framing, audit_framing
 from streams.dlq import Incoming
+from streams.errors import Fenced
 from streams.outputs import KafkaOutputs
 from streams.pipeline import Pipeline
 from streams.topics import topic_specs
@@ -70,14 +73,19 @@ class Runtime:
                          s.processing_guarantee)
             return self._pipeline
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """At-least-once: commit input offsets through Faust's consumer (its group membership).
+    async def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """At-least-once: commit input offsets, with their chain heads as metadata, as the group
+        member Faust runs: its aiokafka consumer, on the thread that owns it (Faust's own commit
+        carries no metadata, and its public ``commit()`` only commits what its acks tracked)."""
+        thread: Any = self.app.consumer._thread  # type: ignore[attr-defined]
 
-        ``_commit`` is the transport consumer's commit of explicit offsets: Faust's public
-        ``commit()`` only commits what its own acks tracked, and these topics have none.
-        """
-        consumer: Any = self.app.consumer
-        await consumer._commit(offsets)
+        async def commit() -> None:
+            await thread._ensure_consumer().commit(offsets)
+
+        try:
+            await thread.call_thread(commit)
+        except CommitFailedError as exc:  # the group rebalanced: the partition's next owner redoes the batch
+            raise Fenced(f"offsets not committed, the group rebalanced: {exc}") from exc
 
     async def handle(self, handle: Callable[[list[Incoming]], Awaitable[None]], batch: list[Incoming]) -> bool:
         """Handle one batch unless the worker is stopping; False once it is (leave the rest uncommitted)."""

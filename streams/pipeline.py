@@ -345,12 +345,14 @@ class Pipeline:
     def _decision_out(self, decision: Decision) -> Out:
         """The decision's provenance event (Avro), keyed by decision id."""
         return Out(self.settings.topic_audit, decision.decision_id.encode(),
-                   self.framing.encode(DECISION, decision.model_dump()), headers(DECISION, decision.outcome.value))
+                   self.framing.encode(DECISION, decision.model_dump()), headers(DECISION, decision.outcome.value),
+                   chained=True)
 
     def _settlement_out(self, event: SettlementEvent) -> Out:
         """A settlement event (Avro), keyed by the decision it belongs to."""
         return Out(self.settings.topic_audit, event.decision_id.encode(),
-                   self.framing.encode(SETTLEMENT, event.model_dump()), headers(SETTLEMENT, event.kind.value))
+                   self.framing.encode(SETTLEMENT, event.model_dump()), headers(SETTLEMENT, event.kind.value),
+                   chained=True)
 
     def _dlq_out(self, letter: DeadLetter) -> Out:
         return Out(self.settings.topic_dlq, letter.key, letter.record_value(), letter.headers())

@@ -58,6 +58,13 @@ def topic_specs(settings: Settings, executors: Iterable[str]) -> list[TopicSpec]
             "Avro decision provenance, append-only, read by finance",
             {"cleanup.policy": "delete", "retention.ms": str(settings.audit_retention_ms)},
         ),
+        TopicSpec(
+            settings.topic_audit_checkpoints,
+            1,
+            rf,
+            "audit chain heads, checkpointed: what `dispatch audit verify` checks the audit topic's end against",
+            {"cleanup.policy": "delete", "retention.ms": str(settings.audit_retention_ms)},
+        ),
         # same partitioning as the tasks: the settle agent runs beside the dispatch agent
         TopicSpec(settings.topic_cost, settings.task_partitions, rf, "actual cost reported by executors"),
         TopicSpec(

@@ -20,6 +20,8 @@ from aiokafka import AIOKafkaConsumer
 from schemas import DECISION, decode
 from streams.consume import to_end, topic_reader
 
+from .finance_rules import ACTUAL_KINDS, CostRow, realised_cost
+
 
 @dataclass
 class AuditLog:
@@ -39,6 +41,18 @@ class AuditLog:
 
     def settled(self) -> dict[str, dict[str, Any]]:
         return {d: r for (d, kind), r in self.settlements.items() if kind in ("settled", "settled_late")}
+
+
+def cost_rows(log: AuditLog) -> list[CostRow]:
+    """Every routed decision's realised cost and counterfactuals, for ``finance_rules.savings``."""
+    rows = []
+    for did, d in log.decisions.items():
+        actual = next((log.settlements[(did, k)]["actual"] for k in ACTUAL_KINDS
+                       if (did, k) in log.settlements and log.settlements[(did, k)]["actual"] is not None), None)
+        cost = realised_cost(d["assigned_tier"], d["estimate_assigned"], actual)
+        if cost is not None:
+            rows.append(CostRow(d["service"], cost, d.get("estimate_untiered"), d.get("estimate_complexity")))
+    return rows
 
 
 async def _from_beginning(bootstrap: str, topic: str) -> AIOKafkaConsumer:

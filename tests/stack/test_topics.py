@@ -14,12 +14,7 @@ from streams.topics import TopicError, TopicSpec, create_topics, ensure_topics, 
 
 def own_topics(settings: Settings, unique_name: Callable[[str], str], **overrides: object) -> Settings:
     """``settings`` with every topic name made unique to the calling test."""
-    p = unique_name("t")
-    names = {
-        "topic_tasks": f"{p}.tasks", "topic_executor_prefix": f"{p}.exec.", "topic_audit": f"{p}.audit",
-        "topic_cost": f"{p}.cost", "topic_load": f"{p}.load", "topic_dlq": f"{p}.dlq",
-    }
-    return settings.model_copy(update={**names, **overrides})
+    return settings.namespaced(unique_name("t"), **overrides)
 
 
 def test_specs_cover_every_topic_once() -> None:
@@ -27,7 +22,7 @@ def test_specs_cover_every_topic_once() -> None:
     specs = topic_specs(s, ["llm-small", "kernel-gpu", "llm-small"])
     assert [t.name for t in specs] == [
         s.topic_tasks, s.executor_topic("llm-small"), s.executor_topic("kernel-gpu"),
-        s.topic_audit, s.topic_cost, s.topic_load, s.topic_dlq,
+        s.topic_audit, s.topic_audit_checkpoints, s.topic_cost, s.topic_load, s.topic_dlq,
     ]
     by_name = {t.name: t for t in specs}
     assert by_name[s.topic_tasks].partitions == s.task_partitions

@@ -24,9 +24,8 @@ from ..support import free_ports
 async def pipeline_settings(stack: Settings, redis_client, unique_name: Callable[[str], str], tmp_path: Path) -> Settings:
     """The test stack with this test's own topics, consumer group and metrics port; Redis flushed."""
     ns = unique_name("p")
-    s = stack.model_copy(update={
-        "topic_tasks": f"{ns}.tasks", "topic_executor_prefix": f"{ns}.exec.", "topic_audit": f"{ns}.audit",
-        "topic_cost": f"{ns}.cost", "topic_load": f"{ns}.load", "topic_dlq": f"{ns}.dlq", "app_id": ns,
+    s = stack.namespaced(ns, **{
+        "app_id": ns,
         "metrics_port": free_ports(1)[0], "state_dir": tmp_path,
     })
     await ensure_topics(s, load_policy(s.policy_file).executors())

@@ -46,6 +46,7 @@ def test_demo_json_reports_a_run_on_the_real_stack(stack, monkeypatch, fresh_set
     assert summary["settled"] == summary["routed"]  # every routed task's actual cost came back
     assert summary["audit_events"] == summary["decisions"] + summary["settled"]
     assert "shadow" in summary["by_trigger"]
+    assert summary["audit_verified"] is True and summary["audit_chains"] >= 2  # dispatch audit verify, in the demo
 
     # what-if on the run just recorded: replay its audit topic under the packaged default policy
     from dispatch_core.policy import DEFAULT_POLICY_PATH
@@ -59,6 +60,16 @@ def test_demo_json_reports_a_run_on_the_real_stack(stack, monkeypatch, fresh_set
     assert report["decisions"] == summary["decisions"] - invalid + probe and report["skipped"] == invalid
     assert sum(report["moves"].values()) == report["changed"] and float(report["recorded_cost"]) > 0
     assert report["policy_version"] != summary["policy_version"]  # a different policy than the one recorded
+
+    # finance on the same topic: the store's report states the demo's savings, service by service
+    monkeypatch.setenv("DISPATCH_FINANCE_STORE", str(tmp_path / "finance.duckdb"))
+    finance = runner.invoke(app, ["finance", "report", "--audit-topic", summary["audit_topic"], "--json"])
+    assert finance.exit_code == 0, finance.output
+    finance_report = json.loads(finance.stdout)
+    assert finance_report["totals"]["decisions"] == summary["decisions"] + probe
+    assert summary["savings"]["services"] == {k: v for k, v in finance_report["savings"]["services"].items()
+                                              if k != "demo-probe"}
+    assert float(summary["savings"]["total"]["vs_untiered"]["saved_pct"]) > 0
 
 
 def test_finance_report_reads_the_audit_topic(pipeline_settings, procs, monkeypatch, fresh_settings_cache):

@@ -1,0 +1,183 @@
+"""``dispatch audit explain``: one decision reconstructed from the finance store, and its chain link checked.
+
+Everything comes from what the decision event recorded (the engine writes its inputs, the
+baseline, the budget states and the executor load it saw onto the event), so an explanation
+months later needs nothing but the store and, to check the link, the audit topic.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas.chain import GENESIS, HMAC, content_of, link_matches
+from schemas.codec import AuditEncodingError, read_body
+from schemas.registry import split  # either format: single-object, or Confluent through the registry
+
+#: The standard triggers in the order the engine applies them, with the words its rationale uses.
+STANDARD = [
+    ("policy", ("rule ", "requested tier", "not a ")),
+    ("sla_guard", ("SLA",)),
+    ("load", ("saturated",)),
+    ("budget_soft", ("soft threshold",)),
+    ("trend", ("projected",)),
+    ("budget_hard", ("cap",)),
+]
+#: Triggers that describe the decision's circumstances rather than a step down.
+CIRCUMSTANCES = [("shadow", ("shadow mode",)), ("flag", ("adoption flag",)),
+                 ("ledger_unavailable", ("Redis", "ledger")), ("invalid", ("",)), ("conflict", ("",))]
+
+
+def _rows(store: Any, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    cur = store.db.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def find(store: Any, ident: str) -> list[dict[str, Any]]:
+    """Decisions with this decision id, or for this task id (a reused id has several), oldest first."""
+    return _rows(store, "SELECT * FROM decisions WHERE decision_id = ? OR task_id = ? ORDER BY decided_at",
+                 [ident, ident])
+
+
+def _evidence(trigger: str, d: dict[str, Any], budgets: list[dict[str, Any]]) -> str:
+    """What the decision saw that this trigger looks at."""
+    if trigger == "policy":
+        return f"tier chosen by {d['rule_id']}" + (f"; requested {d['requested_tier']}" if d["requested_tier"] else "")
+    if trigger == "sla_guard":
+        return f"SLA {d['sla_ms']:g} ms; assigned executor's p95 {d['executor_p95_ms']} ms"
+    if trigger == "load":
+        load = json.loads(d["executor_load"] or "{}")
+        return "saturation seen: " + (", ".join(f"{k} {v:.2f}" for k, v in sorted(load.items())) or "none reported")
+    parts = []
+    for b in budgets:
+        name = f"{b['budget_id']}/{b['scope']}"
+        if trigger == "budget_soft":
+            committed = b["spent"] + b["reserved_before"]
+            parts.append(f"{name}: {committed} of {b['limit']} committed, soft at {b['soft_pct'] * 100:g}%")
+        elif trigger == "trend":
+            parts.append(f"{name}: projected {b['projected']} against {b['limit']}"
+                         f"{' (trend active)' if b['trend_active'] else ''}")
+        else:
+            parts.append(f"{name}: {b['committed_after']} of {b['limit']} committed after this decision")
+    return "; ".join(parts) or "no budget applies"
+
+
+def triggers(d: dict[str, Any], budgets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each standard trigger in the engine's order: whether it fired, why, and what it looked at."""
+    fired = set(d["triggers"] or [])
+    reasons = [r.strip() for r in (d["rationale"] or "").split(";")]
+    out = []
+    for name, words in STANDARD:
+        why = [r for r in reasons if any(w in r for w in words)] if name in fired else []
+        out.append({"trigger": name, "fired": name in fired, "why": "; ".join(why) or None,
+                    "evidence": _evidence(name, d, budgets)})
+    for name, words in CIRCUMSTANCES:
+        if name in fired:
+            why = [r for r in reasons if any(w in r for w in words) and words != ("",)]
+            out.append({"trigger": name, "fired": True, "why": "; ".join(why) or d["rationale"], "evidence": None})
+    return out
+
+
+def settlement_summary(d: dict[str, Any], settlements: list[dict[str, Any]]) -> dict[str, Any]:
+    """Estimate against actual, or what became of the reservation."""
+    kinds = {s["kind"]: s for s in settlements}
+    actual = next((kinds[k]["actual"] for k in ("settled", "settled_late", "unreserved") if k in kinds), None)
+    if actual is not None:
+        status = "settled" if "settled" in kinds else ("settled late" if "settled_late" in kinds else "unreserved")
+    elif "expired" in kinds:
+        status = "expired: the estimate is kept as presumed spend until a late report"
+    elif d["assigned_tier"] is None:
+        status = "rejected: nothing reserved"
+    else:
+        status = "open: no report yet"
+    return {"status": status, "estimate": d["estimate_assigned"], "reserved": d["reserved"], "actual": actual,
+            "difference": None if actual is None else actual - d["reserved"],
+            "events": [{k: s[k] for k in ("kind", "actual", "reserved", "report_id", "recorded_at")}
+                       for s in settlements]}
+
+
+async def check_link(bootstrap: str, d: dict[str, Any], store: Any, key: bytes | None) -> dict[str, Any]:
+    """Does the decision's event, as it is on the audit topic now, match its link, and does the
+    link name its chain's previous event?"""
+    if d["link_hash"] is None:
+        return {"verifies": False, "detail": "written before hash chains (no link)"}
+    tp = TopicPartition(d["audit_topic"], d["audit_partition"])
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                isolation_level="read_committed")
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, d["audit_offset"])
+        record = await consumer.getone()
+    finally:
+        await consumer.stop()
+    try:
+        writer, body = split(record.value or b"")
+        _, event = read_body(writer, body)
+        link = event["link"]
+        content = content_of(body, link)
+    except (AuditEncodingError, ValueError, TypeError, KeyError) as exc:
+        return {"verifies": False, "detail": f"the event at {tp.partition}/{d['audit_offset']} is unreadable: {exc}"}
+    if link["alg"] == HMAC and not key:
+        return {"verifies": False, "detail": "HMAC-linked: set DISPATCH_AUDIT_KEY to check it"}
+    if event["decision_id"] != d["decision_id"] or link["hash"] != d["link_hash"] or not link_matches(link, content, key):
+        return {"verifies": False, "detail": "modified: the event does not match its hash"}
+    if link["seq"] == 1:
+        ok = link["prev"] == GENESIS
+    else:
+        prev = _rows(store, "SELECT 1 FROM decisions WHERE link_hash = ? AND link_seq = ? AND link_chain = ? UNION ALL "
+                            "SELECT 1 FROM settlements WHERE link_hash = ? AND link_seq = ? AND link_chain = ?",
+                     [link["prev"], link["seq"] - 1, link["chain"]] * 2)
+        ok = bool(prev)
+    return {"verifies": ok, "chain": link["chain"], "seq": link["seq"], "alg": link["alg"],
+            "detail": "its hash matches and it links to the chain's previous event" if ok
+            else "its previous event is not in the store (run `dispatch audit verify` for the whole chain)"}
+
+
+def explain(store: Any, d: dict[str, Any]) -> dict[str, Any]:
+    """The full reconstruction of decision ``d`` (a row of the store's ``decisions``)."""
+    budgets = _rows(store, "SELECT * FROM decision_budgets WHERE decision_id = ? ORDER BY budget_id, scope",
+                    [d["decision_id"]])
+    settlements = _rows(store, "SELECT * FROM settlements WHERE decision_id = ? ORDER BY recorded_at",
+                        [d["decision_id"]])
+    return {
+        "decision_id": d["decision_id"], "task_id": d["task_id"], "outcome": d["outcome"],
+        "decided_at": d["decided_at"],
+        "task": {"service": d["service"], "tenant": d["tenant"], "workload": d["workload"],
+                 "task_type": d["task_type"], "requested_tier": d["requested_tier"], "sla_ms": d["sla_ms"],
+                 "features": json.loads(d["complexity_inputs"] or "{}"), "task_hash": d["task_hash"]},
+        "policy": {"name": d["policy_name"], "version": d["policy_version"], "rule_id": d["rule_id"],
+                   "mode": d["mode"], "canary_arm": d["canary_arm"]},
+        "complexity": {"score": d["complexity_score"], "raw": d["complexity_raw"],
+                       "baseline": {"mean": d["baseline_mean"], "std": d["baseline_std"], "n": d["baseline_n"]},
+                       "maps_to": d["complexity_tier"]},
+        "tiers": {"requested": d["requested_tier"], "asked": d["asked_tier"], "enforced": d["enforced_tier"],
+                  "assigned": d["assigned_tier"], "executor": d["executor"], "without_tiering": d["untiered_tier"]},
+        "triggers": triggers(d, budgets),
+        "budgets": [{k: b[k] for k in ("budget_id", "scope", "window", "limit", "soft_pct", "spent",
+                                       "reserved_before", "committed_after", "projected", "trend_active")}
+                    for b in budgets],
+        "rationale": d["rationale"],
+        "money": {"currency": d["currency"], "estimate_asked": d["estimate_asked"],
+                  "estimate_assigned": d["estimate_assigned"], "reserved": d["reserved"],
+                  "estimate_without_tiering": d["estimate_untiered"]},
+        "settlement": settlement_summary(d, settlements),
+        "engine_version": d["engine_version"], "decision_latency_ms": d["decision_latency_ms"],
+    }
+
+
+def jsonable(value: Any) -> Any:
+    """Decimals as strings, datetimes as ISO 8601, for ``--json``."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value

@@ -1,0 +1,196 @@
+"""``dispatch finance report`` from the finance store: SQL over DuckDB, rules from ``finance_rules``.
+
+Every section is computed over the decisions decided in ``[since, until)`` (all when unset) and
+their settlements. A task's *cost* is its actual cost when an executor reported one (settled,
+settled late, or unreserved), otherwise its assigned estimate (expired or not yet settled), and
+0 when it was not routed (rejected).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+
+from .finance_rules import ACTUAL_KINDS, SLA_RISK_MARGIN, CostRow, savings, sunset
+
+_KINDS = ", ".join(f"'{k}'" for k in ACTUAL_KINDS)
+
+#: One row per decision in the period, with its settlement joined and its cost for the report.
+TASKS = f"""
+SELECT d.*, s.actual, s.settled_kind, s.dispatch_ms, s.run_ms, s.actual IS NOT NULL AS is_settled,
+       CASE WHEN d.assigned_tier IS NULL THEN 0::DECIMAL(18,6)
+            ELSE coalesce(s.actual, d.estimate_assigned) END AS cost
+FROM decisions d LEFT JOIN (
+    SELECT decision_id,
+           arg_min(actual, list_position([{_KINDS}], kind)) AS actual,
+           arg_min(kind, list_position([{_KINDS}], kind)) AS settled_kind,
+           arg_min(dispatch_ms, list_position([{_KINDS}], kind)) AS dispatch_ms,
+           arg_min(run_ms, list_position([{_KINDS}], kind)) AS run_ms
+    FROM settlements WHERE kind IN ({_KINDS}) AND actual IS NOT NULL GROUP BY decision_id
+) s USING (decision_id)
+WHERE (CAST(? AS TIMESTAMPTZ) IS NULL OR d.decided_at >= CAST(? AS TIMESTAMPTZ))
+  AND (CAST(? AS TIMESTAMPTZ) IS NULL OR d.decided_at < CAST(? AS TIMESTAMPTZ))
+"""
+
+
+class Period:
+    """The report's ``[since, until)``, bound into every query as a ``tasks`` CTE."""
+
+    def __init__(self, db: duckdb.DuckDBPyConnection, since: dt.datetime | None, until: dt.datetime | None):
+        self.db, self.since, self.until = db, since, until
+
+    def rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        """``sql`` may read ``tasks``; rows as dicts."""
+        cur = self.db.execute(f"WITH tasks AS ({TASKS}) {sql}",
+                              [self.since, self.since, self.until, self.until, *params])
+        names = [c[0] for c in cur.description or []]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: money as exact text, times as ISO 8601, floats rounded."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.timezone.utc).isoformat()
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+SPEND = """
+SELECT {key} AS key, count(*) AS tasks, count(assigned_tier) AS routed, sum(cost) AS cost,
+       sum(estimate_assigned) FILTER (WHERE assigned_tier IS NOT NULL) AS estimated,
+       count(*) FILTER (WHERE is_settled) AS settled,
+       coalesce(sum(estimate_assigned) FILTER (WHERE is_settled), 0) AS estimated_settled,
+       coalesce(sum(actual) FILTER (WHERE is_settled), 0) AS actual_settled
+FROM tasks GROUP BY ALL ORDER BY key NULLS LAST
+"""
+
+
+def spend(p: Period) -> dict[str, Any]:
+    """Spend by service, tenant, class, assigned tier, and UTC hour and day of the decision."""
+    keys = {"service": "service", "tenant": "coalesce(tenant, '(none)')", "class": "coalesce(workload, '(invalid)')",
+            "tier": "coalesce(assigned_tier, '(rejected)')",
+            "hour": "strftime(date_trunc('hour', decided_at AT TIME ZONE 'UTC'), '%Y-%m-%dT%H:00Z')",
+            "day": "strftime(date_trunc('day', decided_at AT TIME ZONE 'UTC'), '%Y-%m-%d')"}
+    return {name: {r.pop("key"): r for r in p.rows(SPEND.format(key=expr))} for name, expr in keys.items()}
+
+
+def services(p: Period) -> dict[str, Any]:
+    """Per service: decisions, outcomes, cost, and estimated vs actual cost of its settled tasks."""
+    rows = p.rows("""
+        SELECT service, count(*) AS decisions, count(assigned_tier) AS routed,
+               count(*) FILTER (WHERE outcome = 'downgraded') AS downgraded,
+               count(*) FILTER (WHERE outcome = 'rejected') AS rejected, sum(cost) AS cost,
+               coalesce(sum(estimate_assigned) FILTER (WHERE is_settled), 0) AS estimated_settled,
+               coalesce(sum(actual) FILTER (WHERE is_settled), 0) AS actual_settled
+        FROM tasks GROUP BY service ORDER BY service""")
+    return {r.pop("service"): r for r in rows}
+
+
+def triggers(p: Period) -> dict[str, Any]:
+    """Downgrades and rejections counted by each trigger they carry (a decision may carry several)."""
+    rows = p.rows("SELECT outcome, trigger, count(*) AS n FROM (SELECT outcome, unnest(triggers) AS trigger "
+                  "FROM tasks WHERE outcome IN ('downgraded', 'rejected')) GROUP BY ALL ORDER BY n DESC, trigger")
+    out: dict[str, dict[str, int]] = {"downgraded": {}, "rejected": {}}
+    for r in rows:
+        out[r["outcome"]][r["trigger"]] = r["n"]
+    return out
+
+
+def savings_report(p: Period) -> dict[str, Any]:
+    """Savings of routed tasks against both counterfactuals (``finance_rules.savings``)."""
+    rows = p.rows("SELECT service, cost, estimate_untiered, estimate_complexity FROM tasks "
+                  "WHERE assigned_tier IS NOT NULL")
+    return savings(CostRow(r["service"], r["cost"], r["estimate_untiered"], r["estimate_complexity"]) for r in rows)
+
+
+def sla_risk(p: Period) -> dict[str, Any]:
+    """Routed tasks whose executor's expected p95 is within 10% of their SLA (or past it), per service."""
+    rows = p.rows(f"""
+        SELECT service, count(*) AS routed,
+               count(*) FILTER (WHERE executor_p95_ms >= sla_ms * (1 - {SLA_RISK_MARGIN})) AS at_risk,
+               count(*) FILTER (WHERE executor_p95_ms > sla_ms) AS over_sla
+        FROM tasks WHERE assigned_tier IS NOT NULL AND executor_p95_ms IS NOT NULL
+        GROUP BY service ORDER BY service""")
+    return {r.pop("service"): {**r, "at_risk_pct": round(100 * r["at_risk"] / r["routed"], 2)} for r in rows}
+
+
+def adoption(p: Period) -> dict[str, Any]:
+    """Per service: current mode and pinned version, canary share, volume, first/last seen; the sunset rule."""
+    rows = p.rows("""
+        SELECT service, count(*) AS decisions, min(decided_at) AS first_seen, max(decided_at) AS last_seen,
+               arg_max(mode, decided_at) AS mode,
+               arg_max(policy_version, decided_at) FILTER (WHERE canary_arm = 'stable') AS pinned_version,
+               arg_max(policy_version, decided_at) FILTER (WHERE canary_arm = 'canary') AS canary_version,
+               round(100.0 * count(*) FILTER (WHERE canary_arm = 'canary') / count(*), 2) AS canary_pct,
+               min(decided_at) FILTER (WHERE mode = 'enforce') AS first_enforce
+        FROM tasks GROUP BY service ORDER BY service""")
+    as_of = p.until or max((r["last_seen"] for r in rows), default=None)
+    starts = [r["first_enforce"] for r in rows if r["first_enforce"] is not None]
+    enforcing = sum(1 for r in rows if r["mode"] == "enforce")
+    services = {r.pop("service"): {k: v for k, v in r.items() if k != "first_enforce"} for r in rows}
+    return {"services": services, "sunset": sunset(min(starts, default=None), enforcing, as_of)}
+
+
+def canary(p: Period) -> dict[str, Any]:
+    """Per service and arm: cost per task, downgrade and rejection rates, latency from the settlements."""
+    rows = p.rows("""
+        SELECT service, canary_arm AS arm, count(*) AS tasks, (sum(cost) / count(*))::DECIMAL(18,6) AS cost_per_task,
+               round(100.0 * count(*) FILTER (WHERE outcome = 'downgraded') / count(*), 2) AS downgrade_pct,
+               round(100.0 * count(*) FILTER (WHERE outcome = 'rejected') / count(*), 2) AS rejection_pct,
+               quantile_cont(decision_latency_ms, 0.95) AS decision_p95_ms,
+               quantile_cont(dispatch_ms, 0.5) AS dispatch_p50_ms, quantile_cont(dispatch_ms, 0.95) AS dispatch_p95_ms,
+               quantile_cont(run_ms, 0.5) AS run_p50_ms
+        FROM tasks GROUP BY ALL ORDER BY service, arm""")
+    out: dict[str, Any] = {}
+    for r in rows:
+        out.setdefault(r.pop("service"), {})[r.pop("arm")] = r
+    return out
+
+
+def budget_timeline(p: Period, points: int = 400) -> list[dict[str, Any]]:
+    """Each budget scope's committed spend over time, for the HTML chart: per time bucket (the period
+    cut into about ``points`` buckets, so a month of traffic stays a small page), the highest committed
+    spend after a decision in it, the limit, and how many of its decisions were downgrades."""
+    span = p.rows("SELECT epoch_us(min(decided_at)) AS lo, epoch_us(max(decided_at)) AS hi FROM tasks")[0]
+    if span["lo"] is None:
+        return []
+    bucket_us = max(1, (span["hi"] - span["lo"]) // points)
+    return p.rows("""
+        SELECT b.budget_id, b.scope, make_timestamptz(epoch_us(t.decided_at) // ? * ?) AS bucket,
+               max(b."limit") AS "limit", max(b.committed_after) AS committed_after,
+               count(*) FILTER (WHERE t.outcome = 'downgraded') AS downgrades
+        FROM tasks t JOIN decision_budgets b USING (decision_id)
+        GROUP BY ALL ORDER BY b.budget_id, b.scope, bucket""", bucket_us, bucket_us)
+
+
+def report(db: duckdb.DuckDBPyConnection, since: dt.datetime | None = None,
+           until: dt.datetime | None = None) -> dict[str, Any]:
+    """The whole report as plain JSON-ready data."""
+    p = Period(db, since, until)
+    totals = p.rows("""SELECT count(*) AS decisions, count(assigned_tier) AS routed,
+        count(*) FILTER (WHERE outcome = 'rejected') AS rejected, count(*) FILTER (WHERE is_settled) AS settled,
+        coalesce(sum(cost), 0) AS cost,
+        coalesce(sum(estimate_assigned) FILTER (WHERE is_settled), 0) AS estimated_settled,
+        coalesce(sum(actual) FILTER (WHERE is_settled), 0) AS actual_settled, min(decided_at) AS first, max(decided_at) AS last,
+        list(DISTINCT currency) AS currencies FROM tasks""")[0]
+    return _plain({
+        "period": {"since": since, "until": until},
+        "totals": totals,
+        "services": services(p),
+        "spend": spend(p),
+        "triggers": triggers(p),
+        "savings": savings_report(p),
+        "sla_risk": sla_risk(p),
+        "adoption": adoption(p),
+        "canary": canary(p),
+    })

@@ -1,0 +1,85 @@
+"""Finance rules as pure functions: savings against a counterfactual, and the adoption sunset rule.
+
+No I/O here: the report (``finance_report``) feeds these from SQL, and the demo from its in-memory
+audit log, so both state the same figure the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+#: The design discussion's rule: "if only two services use it after 90 days, sunset it".
+SUNSET_AFTER = dt.timedelta(days=90)
+SUNSET_MIN_ENFORCING = 3
+#: A task is at SLA risk when its executor's expected p95 is within this fraction of its SLA.
+SLA_RISK_MARGIN = 0.10
+#: The settlement kinds that carry what a task really cost.
+ACTUAL_KINDS = ("settled", "settled_late", "unreserved")
+
+
+@dataclass(frozen=True)
+class CostRow:
+    """One routed task: what it cost (actual if settled, else its estimate) and its two counterfactuals."""
+
+    service: str
+    cost: Decimal
+    untiered: Decimal | None  # every task on its requested tier, else its class's most capable
+    complexity: Decimal | None  # every task on the tier its complexity alone called for
+
+
+def realised_cost(assigned_tier: str | None, estimate_assigned: Decimal, actual: Decimal | None) -> Decimal | None:
+    """A decision's cost for savings: None if it was not routed; its actual cost if settled; else its estimate."""
+    if assigned_tier is None:
+        return None
+    return actual if actual is not None else estimate_assigned
+
+
+def saving(baseline: Decimal, cost: Decimal) -> dict[str, Any]:
+    """Money and percent saved against ``baseline`` (percent of the baseline; 0 when it is 0)."""
+    saved = baseline - cost
+    pct = float(saved / baseline * 100) if baseline else 0.0
+    return {"baseline": str(baseline), "cost": str(cost), "saved": str(saved), "saved_pct": round(pct, 2)}
+
+
+def savings(rows: Iterable[CostRow]) -> dict[str, Any]:
+    """Savings per service and in total against both counterfactuals.
+
+    Each counterfactual compares only the tasks that record its estimate (events written before
+    schema v3 do not): baseline = the sum of those estimates, cost = the same tasks' realised cost.
+    """
+    sums: dict[str, dict[str, Decimal]] = {}
+    for r in rows:
+        for scope in (r.service, "*total*"):
+            s = sums.setdefault(scope, {k: Decimal(0) for k in ("u_base", "u_cost", "c_base", "c_cost", "n")})
+            s["n"] += 1
+            if r.untiered is not None:
+                s["u_base"] += r.untiered
+                s["u_cost"] += r.cost
+            if r.complexity is not None:
+                s["c_base"] += r.complexity
+                s["c_cost"] += r.cost
+    out = {scope: {"tasks": int(s["n"]), "vs_untiered": saving(s["u_base"], s["u_cost"]),
+                   "vs_complexity": saving(s["c_base"], s["c_cost"])} for scope, s in sums.items()}
+    total = out.pop("*total*", {"tasks": 0, "vs_untiered": saving(Decimal(0), Decimal(0)),
+                                "vs_complexity": saving(Decimal(0), Decimal(0))})
+    return {"services": dict(sorted(out.items())), "total": total}
+
+
+def sunset(first_enforce: dt.datetime | None, enforcing: int, as_of: dt.datetime | None) -> dict[str, Any]:
+    """The sunset rule: flag when fewer than 3 services are in enforce mode 90 days after the first.
+
+    ``as_of`` is the time the report describes (its ``--until``, else the newest event), never
+    the wall clock, so a report of the same events always says the same.
+    """
+    if first_enforce is None or as_of is None:
+        return {"first_enforce_at": None, "review_at": None, "services_in_enforce": enforcing,
+                "as_of": as_of.isoformat() if as_of else None, "due": False, "flag": False}
+    review = first_enforce + SUNSET_AFTER
+    due = as_of >= review
+    return {"first_enforce_at": first_enforce.isoformat(), "review_at": review.isoformat(),
+            "services_in_enforce": enforcing, "as_of": as_of.isoformat(), "due": due,
+            "flag": due and enforcing < SUNSET_MIN_ENFORCING}
