@@ -11,8 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from dispatch_cli.main import app
+from dispatch_core.policy import load_policy
 from stack import LocalStack, MissingDependency
 from stack.process import is_running, read_pid, require
+from streams.topics import topic_specs
 
 from ..support import local_settings
 
@@ -29,7 +31,8 @@ def test_stack_up_status_down(state_root: Path, monkeypatch: pytest.MonkeyPatch,
     try:
         up = runner.invoke(app, ["stack", "up"])
         assert up.exit_code == 0, up.output
-        assert up.output.count("started") == 3 and "topics: 13 created" in up.output
+        topics = len(topic_specs(settings, load_policy(settings.policy_file).executors()))
+        assert up.output.count("started") == 3 and f"topics: {topics} created" in up.output
         assert settings.kafka_bootstrap in up.output and str(local.kafka.log_file) in up.output
         assert f"DISPATCH_SCHEMA_REGISTRY_URL={local.registry_url}" in up.output
         services = (local.kafka, local.redis, local.registry)
