@@ -89,6 +89,7 @@ def test_the_registry_is_the_local_stacks_apicurio_and_the_worker_uses_it(servic
     assert registry["image"] == f"apicurio/apicurio-registry:{VERSION}"
     assert registry["environment"]["APICURIO_RULES_GLOBAL_COMPATIBILITY"] == "BACKWARD"
     assert f"127.0.0.1:{DEFAULTS['registry_port']}:8080" in registry["ports"]
-    worker = services["worker"]
-    assert worker["environment"]["DISPATCH_SCHEMA_REGISTRY_URL"] == f"http://registry:8080{CCOMPAT}"
-    assert "registry" in worker["depends_on"]
+    for name in ("worker", "finance"):  # the writer, and the reader of the audit topic
+        service = services[name]
+        assert service["environment"]["DISPATCH_SCHEMA_REGISTRY_URL"] == f"http://registry:8080{CCOMPAT}", name
+        assert "registry" in service["depends_on"], name
