@@ -236,7 +236,7 @@ class Dispatcher:
             pending = []
             for (i, plan), res in zip(planned, commits, strict=True):
                 if res.status == "ok":
-                    results[i] = Verdict(plan.decision)
+                    results[i] = Verdict(plan.decision.model_copy(update={"sequence": res.sequence}))
                 elif res.status == "dup":
                     assert res.stored is not None
                     results[i] = again(i, res.stored)
