@@ -35,6 +35,8 @@ from dispatch_core.settlement import ExecutorReport, SettlementEvent, Settlement
 from dispatch_core.task import Task
 
 FailMode = Literal["closed", "open"]
+#: Why a decision was rejected after the engine's verdict: its batch kept losing the cap to other workers.
+CONTENTION = "rejected: the cap kept being taken by concurrent decisions"
 log = logging.getLogger(__name__)
 
 
@@ -311,5 +313,5 @@ class Dispatcher:
 
 def _contention_reject(plan: Plan) -> Plan:
     """Last round of a batch that kept losing races for the same cap: reject rather than loop."""
-    d = reject(plan.decision, Trigger.BUDGET_HARD, "rejected: the cap kept being taken by concurrent decisions")
+    d = reject(plan.decision, Trigger.BUDGET_HARD, CONTENTION)
     return dataclasses.replace(plan, decision=d, amount=0, charges=())
