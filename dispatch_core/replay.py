@@ -193,10 +193,10 @@ def recorded_snapshot(event: Event) -> Snapshot:
     return snap
 
 
-def _decide(event: Event, task: Task, policy: Policy, snap: Snapshot) -> Plan | Decision:
+def _decide(event: Event, task: Task, policy: Policy, snap: Snapshot, enforce: bool) -> Plan | Decision:
     """Decide ``task`` again as the recorded decision was made: with the ledger, or without it."""
     now: datetime = event["decided_at"]
-    mode, arm = event["mode"], event["canary_arm"]
+    mode, arm = "enforce" if enforce else event["mode"], event["canary_arm"]
     triggers = [str(t) for t in event["triggers"]]
     if Trigger.LEDGER_UNAVAILABLE in triggers:
         return fallback(task, policy, now, mode=mode, arm=arm, fail_open="fail-open" in event["rationale"],
@@ -207,8 +207,8 @@ def _decide(event: Event, task: Task, policy: Policy, snap: Snapshot) -> Plan | 
     return plan
 
 
-def per_decision(rec: Recording, policy: Policy) -> ReplayReport:
-    """Each decision again from the state its event recorded."""
+def per_decision(rec: Recording, policy: Policy, enforce: bool = False) -> ReplayReport:
+    """Each decision again from the state its event recorded (``enforce``: every service enforced)."""
     report = ReplayReport(policy.version, "per-decision")
     for event in rec.decisions:
         task = task_of(event)
@@ -217,7 +217,7 @@ def per_decision(rec: Recording, policy: Policy) -> ReplayReport:
             report.skipped[why or "invalid"] += 1
             continue
         snap = recorded_snapshot(event)
-        out = _decide(event, task, policy, snap)
+        out = _decide(event, task, policy, snap, enforce)
         new = out.decision if isinstance(out, Plan) else out
         report.unrecorded_scopes += any(keys.budget(b.budget_id, b.scope, b.window) not in snap.scopes
                                         for b in new.budgets)
@@ -294,7 +294,7 @@ class _Simulation:
         return (held.estimate * actual / held.recorded_estimate).quantize(Decimal("0.000001"))
 
 
-def simulation(rec: Recording, policy: Policy) -> ReplayReport:
+def simulation(rec: Recording, policy: Policy, enforce: bool = False) -> ReplayReport:
     """The decisions in commit order, the candidate's own spend carried forward, settlements in time."""
     report = ReplayReport(policy.version, "simulation")
     sim = _Simulation()
@@ -317,7 +317,7 @@ def simulation(rec: Recording, policy: Policy) -> ReplayReport:
             report.skipped[why or "invalid"] += 1
             continue
         snap = sim.snapshot(event)
-        out = _decide(event, task, policy, snap)
+        out = _decide(event, task, policy, snap, enforce)
         sim.commit(event, out, snap, policy, task)
         report.add(event, out.decision if isinstance(out, Plan) else out)
         for s in held_back.pop(event["decision_id"], []):
@@ -325,13 +325,18 @@ def simulation(rec: Recording, policy: Policy) -> ReplayReport:
     return report
 
 
-def replay(events: Iterable[Event], policy: Policy, mode: ReplayMode = "simulation") -> ReplayReport:
-    """Decide every recorded decision again under ``policy`` in ``mode``."""
+def replay(events: Iterable[Event], policy: Policy, mode: ReplayMode = "simulation", *,
+           enforce: bool = False) -> ReplayReport:
+    """Decide every recorded decision again under ``policy`` in ``mode``.
+
+    Each decision keeps its recorded rollout mode (enforce, shadow, off) unless ``enforce``,
+    which replays every one as enforced: what the candidate would do where it is not enforced yet.
+    """
     rec = recording(events)
-    return per_decision(rec, policy) if mode == "per-decision" else simulation(rec, policy)
+    return (per_decision if mode == "per-decision" else simulation)(rec, policy, enforce)
 
 
-def compare(events: Iterable[Event], policy: Policy) -> dict[ReplayMode, ReplayReport]:
+def compare(events: Iterable[Event], policy: Policy, *, enforce: bool = False) -> dict[ReplayMode, ReplayReport]:
     """Both modes over the same recording."""
     rec = recording(events)
-    return {"per-decision": per_decision(rec, policy), "simulation": simulation(rec, policy)}
+    return {m: (per_decision if m == "per-decision" else simulation)(rec, policy, enforce) for m in MODES}
