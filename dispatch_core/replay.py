@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from dispatch_core import keys
 from dispatch_core.classify import Baseline
-from dispatch_core.decision import Decision, Trigger
+from dispatch_core.decision import Arm, Decision, Mode, Trigger
 from dispatch_core.dispatcher import CONTENTION
 from dispatch_core.engine import (
     LoadReport,
@@ -196,7 +196,8 @@ def recorded_snapshot(event: Event) -> Snapshot:
 def _decide(event: Event, task: Task, policy: Policy, snap: Snapshot, enforce: bool) -> Plan | Decision:
     """Decide ``task`` again as the recorded decision was made: with the ledger, or without it."""
     now: datetime = event["decided_at"]
-    mode, arm = "enforce" if enforce else event["mode"], event["canary_arm"]
+    mode: Mode = "enforce" if enforce else event["mode"]
+    arm: Arm = event["canary_arm"]
     triggers = [str(t) for t in event["triggers"]]
     if Trigger.LEDGER_UNAVAILABLE in triggers:
         return fallback(task, policy, now, mode=mode, arm=arm, fail_open="fail-open" in event["rationale"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
 
@@ -174,3 +175,15 @@ def test_cheaper_prices_reduce_replayed_cost():
     data["classes"]["llm"]["tiers"][2]["unit_price"] = "0.0050"
     report = replay(recorded_world(loose), parse_policy(data), "per-decision").as_dict()
     assert report["changed"] == 0 and float(report["saving"]) > 0 and report["agreed"] < report["decisions"]
+
+
+def test_enforce_replays_shadow_traffic_as_enforced():
+    policy = pressed()
+    events = recorded_world(policy)
+    shadow = [e for e in events if e.get("mode") == "shadow"]
+    held_back = [e for e in shadow if e["enforced_tier"] != e["assigned_tier"]]
+    assert held_back
+    report = replay(events, policy, "per-decision", enforce=True)
+    assert set(report.disagreements) == {e["decision_id"] for e in shadow}  # none is a shadow decision now
+    assert report.changed == len(held_back)  # routed where enforcement said it would go
+    assert report.moves == Counter(f"{e['assigned_tier']}->{e['enforced_tier'] or 'reject'}" for e in held_back)
