@@ -46,6 +46,7 @@ class Verdict:
 
     decision: Decision
     repeat: bool = False
+    sequence: int | None = None  # given by this commit, not yet on ``decision``
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,9 @@ class Dispatcher:
             ]
         self._uncertain -= ids
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        return [dataclasses.replace(v, decision=v.decision.model_copy(update={"decision_latency_ms": latency_ms}))
+        timed: dict[str, Any] = {"decision_latency_ms": latency_ms}
+        return [Verdict(v.decision.model_copy(update=timed if v.sequence is None else {**timed, "sequence": v.sequence}),
+                        v.repeat)
                 for v in verdicts]
 
     def _cached(self, scope_keys: list[str], baseline_keys: list[str]) -> Snapshot | None:
@@ -238,7 +241,7 @@ class Dispatcher:
             pending = []
             for (i, plan), res in zip(planned, commits, strict=True):
                 if res.status == "ok":
-                    results[i] = Verdict(plan.decision.model_copy(update={"sequence": res.sequence}))
+                    results[i] = Verdict(plan.decision, sequence=res.sequence)
                 elif res.status == "dup":
                     assert res.stored is not None
                     results[i] = again(i, res.stored)
