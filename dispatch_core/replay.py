@@ -242,14 +242,16 @@ class _Simulation:
 
     def __init__(self) -> None:
         self.scopes: dict[str, ScopeState] = {}
-        self.trend: dict[str, bool] = {}
         self.held: dict[str, _Held] = {}
 
-    def snapshot(self, event: Event) -> Snapshot:
-        seen = recorded_snapshot(event)  # baseline and load as recorded; spend is the candidate's
-        for key, state in seen.scopes.items():
-            self.scopes.setdefault(key, ScopeState(state.spent, state.reserved, state.trend))  # before the recording
-        return Snapshot(scopes=dict(self.scopes), baselines=seen.baselines, load=seen.load)
+    def snapshot(self, event: Event, policy: Policy, task: Task) -> Snapshot:
+        """Baseline and load as recorded; the candidate's own state of the scopes it will read."""
+        seen = recorded_snapshot(event)
+        for key, state in seen.scopes.items():  # a scope's first sight: what it held before the recording
+            self.scopes.setdefault(key, state)
+        needed = ledger_keys(policy, task, event["decided_at"])[0]
+        return Snapshot(scopes={k: self.scopes[k] for k in needed if k in self.scopes},
+                        baselines=seen.baselines, load=seen.load)
 
     def commit(self, event: Event, out: Plan | Decision, snap: Snapshot, policy: Policy, task: Task) -> None:
         new = out.decision if isinstance(out, Plan) else out
@@ -317,7 +319,7 @@ def simulation(rec: Recording, policy: Policy, enforce: bool = False) -> ReplayR
         if task is None or why is not None:
             report.skipped[why or "invalid"] += 1
             continue
-        snap = sim.snapshot(event)
+        snap = sim.snapshot(event, policy, task)
         out = _decide(event, task, policy, snap, enforce)
         sim.commit(event, out, snap, policy, task)
         report.add(event, out.decision if isinstance(out, Plan) else out)

@@ -77,7 +77,7 @@ for _, it in ipairs(items) do
       var = (1 - b.a) * (var + b.a * delta * delta)
       redis.call('HSET', b.k, 'n', n + 1, 'mean', string.format('%.17g', mean), 'var', string.format('%.17g', var))
       numbered = numbered + 1
-      redis.call('SET', dkey, it.rec[1] .. (seq + numbered) .. it.rec[2], 'PX', it.ttl)
+      redis.call('SET', dkey, it.rec[1] .. string.format('%d', seq + numbered) .. it.rec[2], 'PX', it.ttl)
       out[#out + 1] = 'ok'
       out[#out + 1] = seq + numbered
     end
