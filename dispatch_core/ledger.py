@@ -52,18 +52,20 @@ class _StoredRecord(BaseModel):
     decision: Decision
 
 
-_UNNUMBERED = '"sequence":null}'
+_UNNUMBERED = '"sequence":null'
 
 
 def _record(decision: Decision, source: str | None) -> list[str]:
-    """The stored form, cut where commit.lua writes the decision's sequence number.
+    """The stored form, cut in two where commit.lua writes the decision's sequence number.
 
-    The decision's JSON is spliced in, not re-serialised; ``sequence`` is its last field.
+    The decision's JSON is spliced in, not re-serialised. Its own ``sequence`` key is the only
+    one that can read ``"sequence":null`` (inside a string the quotes would be escaped).
     """
     body = decision.model_dump_json()
-    if not body.endswith(_UNNUMBERED):
-        raise AssertionError("a decision to commit ends with its unset sequence")
-    return [f'{{"source":{json.dumps(source)},"decision":{body[: -len(_UNNUMBERED)]}"sequence":', "}}"]
+    at = body.rfind(_UNNUMBERED)
+    if decision.sequence is not None or at < 0:
+        raise AssertionError("a decision to commit has no sequence yet")
+    return [f'{{"source":{json.dumps(source)},"decision":{body[:at]}"sequence":', f"{body[at + len(_UNNUMBERED):]}}}"]
 
 
 @dataclass(frozen=True, slots=True)
