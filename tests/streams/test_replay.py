@@ -65,7 +65,7 @@ async def test_replaying_what_a_real_worker_recorded(pipeline_settings, procs, r
                 update = LoadUpdate(executor="llm-large", saturation=saturation, in_flight=1, capacity=1,
                                     at=datetime.now(UTC))
                 await _send(kafka, s.topic_load, "llm-large", update.model_dump_json())
-                await wait_for(lambda: _load_is(redis_client, saturation))
+                await wait_for(lambda: _load_is(redis_client, saturation), timeout_s=60)
                 await tasks.submit_many(wave)
                 if n == 2:
                     await tasks.send_raw(json.dumps({"task_id": "bad", "service": "aegis", "workload": "x"}).encode())
