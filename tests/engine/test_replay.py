@@ -8,6 +8,7 @@ Redis, a cap lost to a concurrent worker. Every event goes through the Avro code
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 from collections import Counter
@@ -22,7 +23,7 @@ from dispatch_core.engine import LoadReport, ScopeState, Snapshot, apply_plan, d
 from dispatch_core.money import from_micros, to_micros
 from dispatch_core.policy import parse_policy
 from dispatch_core.replay import compare, order_key, recording, replay
-from dispatch_core.settlement import SettlementEvent, SettlementKind
+from dispatch_core.settlement import ExecutorReport, SettlementEvent, SettlementKind
 from dispatch_core.windows import window_at
 from schemas import DECISION, SETTLEMENT, decode, encode
 
@@ -187,3 +188,34 @@ def test_enforce_replays_shadow_traffic_as_enforced():
     assert set(report.disagreements) == {e["decision_id"] for e in shadow}  # none is a shadow decision now
     assert report.changed == len(held_back)  # routed where enforcement said it would go
     assert report.moves == Counter(f"{e['assigned_tier']}->{e['enforced_tier'] or 'reject'}" for e in held_back)
+
+
+async def test_concurrent_dispatchers_on_the_real_ledger_replay_exactly_per_decision(make_dispatcher, ledger):
+    """Two dispatchers race for one cap on the real Redis, every decision at the same instant."""
+    policy = policy_with(budgets=[budget("0.08", scope="tenant", window="hour", soft_pct=0.6)],
+                         triggers={"trend": {"enabled": False}})
+    workers = [await make_dispatcher(policy), await make_dispatcher(policy)]
+    await ledger.report_load("llm-large", 0.95, NOON)
+    decisions, settlements = [], []
+    for wave in range(4):
+        batches = [[_task(i, wave * 10 + w) for i in range(w, 24, 2)] for w in range(2)]
+        out = await asyncio.gather(*(d.decide(b) for d, b in zip(workers, batches, strict=True)))
+        decided = [d for batch in out for d in batch]
+        decisions += decided
+        for d in decided[::2]:
+            if d.routed:
+                ev = await workers[0].settle(ExecutorReport(
+                    decision_id=d.decision_id, report_id=f"r-{d.decision_id}", task_id=d.task_id, service=d.service,
+                    executor=d.executor, actual=d.estimate_assigned, run_ms=1, dispatch_ms=1, finished_at=NOON))
+                settlements.append(ev)
+        if wave == 1:
+            await ledger.report_load("llm-large", 0.1, NOON)
+    assert sorted(d.sequence for d in decisions) == list(range(1, len(decisions) + 1))
+    assert len({d.decided_at for d in decisions}) == 1  # no help from time: the sequence orders them
+    events = [_event(d) for d in decisions] + [decode(encode(SETTLEMENT, s.model_dump()))[1] for s in settlements]
+    triggers = {t for e in events if "triggers" in e for t in e["triggers"]}
+    assert {"load", "budget_hard", "budget_soft"} <= triggers
+    report = replay(events, policy, "per-decision")
+    assert report.agreed == report.decisions == len(decisions) and not report.disagreements
+    again = replay(list(reversed(events)), policy, "simulation").as_dict()
+    assert again == replay(events, policy, "simulation").as_dict()
