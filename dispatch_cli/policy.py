@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from redis.asyncio import Redis
@@ -135,27 +135,54 @@ def set_(
                   + (f", canary {canary} at {percent:g}%" if canary else ""))
 
 
+async def _audit_events(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every event on the audit topic up to its current end, decoded, duplicates included."""
+    from schemas import decode
+    from streams.consume import to_end, topic_reader
+
+    async with topic_reader(bootstrap, topic) as consumer:
+        return [decode(m.value)[1] async for m in to_end(consumer)]
+
+
 @policy_app.command("replay")
 def replay_(
     file: PolicyFile,
     audit_topic: Annotated[str | None, typer.Option(help="audit topic to replay (default: settings)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    enforce: Annotated[bool, typer.Option("--enforce", help="replay shadow and off services as enforced")] = False,
 ) -> None:
-    """What-if: decide every recorded decision again under FILE and compare cost and tiers."""
-    from dispatch_core.replay import replay
-    from workers.finance import read_audit_to_end
+    """What-if: decide every recorded decision again under FILE, in both modes, and compare.
+
+    per-decision: each decision from the budget, baseline and load state its event recorded
+    (the recording policy reproduces every decision). simulation: in commit order, with the
+    candidate's own spend carried forward and the recorded settlements applied at their time.
+    """
+    from dispatch_core.replay import compare
 
     policy = _load(file)
     settings = get_settings()
-    log = run(read_audit_to_end(settings.kafka_bootstrap, audit_topic or settings.topic_audit))
-    report = replay(log.decisions.values(), policy).as_dict()
+    events = run(_audit_events(settings.kafka_bootstrap, audit_topic or settings.topic_audit))
+    reports = {mode: r.as_dict() for mode, r in compare(events, policy, enforce=enforce).items()}
     if as_json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(reports, indent=2))
         return
-    table = Table("", "recorded", f"replayed under {short(policy.version)}", title=f"replay of {report['decisions']} decisions")
-    table.add_row("estimated cost", report["recorded_cost"], report["replayed_cost"])
-    table.add_row("rejected", str(report["recorded_rejected"]), str(report["replayed_rejected"]))
+    per, sim = reports["per-decision"], reports["simulation"]
+    table = Table("", "recorded", "per-decision", "simulation",
+                  title=f"replay of {per['decisions']} decisions under {short(policy.version)}")
+    table.add_row("decisions as recorded", str(per["decisions"]), str(per["agreed"]), str(sim["agreed"]))
+    table.add_row("tier changed", "", str(per["changed"]), str(sim["changed"]))
+    table.add_row("estimated cost", per["recorded_cost"], per["replayed_cost"], sim["replayed_cost"])
+    table.add_row("saving", "", f"{per['saving']} ({per['saving_pct']}%)", f"{sim['saving']} ({sim['saving_pct']}%)")
+    table.add_row("rejected", str(per["recorded_rejected"]), str(per["replayed_rejected"]), str(sim["replayed_rejected"]))
     console.print(table)
-    console.print(f"{report['changed']} decisions change tier; saving {report['saving']} ({report['saving_pct']}%)")
-    for move, n in report["moves"].items():
-        console.print(f"  {move}: {n}")
+    skipped = ", ".join(f"{n} {why}" for why, n in per["skipped_by_reason"].items())
+    if skipped:
+        console.print(f"not replayed (the dispatcher's, not the policy's): {skipped}")
+    if per["other_versions"]:
+        console.print(f"{per['other_versions']} decisions were recorded under another policy version")
+    if per["unrecorded_scopes"]:
+        console.print(f"per-decision: {per['unrecorded_scopes']} decisions under a budget the recording did not have "
+                      "(seen empty)")
+    for mode, report in reports.items():
+        for move, n in report["moves"].items():
+            console.print(f"  {mode} {move}: {n}")

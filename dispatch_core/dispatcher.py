@@ -35,6 +35,8 @@ from dispatch_core.settlement import ExecutorReport, SettlementEvent, Settlement
 from dispatch_core.task import Task
 
 FailMode = Literal["closed", "open"]
+#: Why a decision was rejected after the engine's verdict: its batch kept losing the cap to other workers.
+CONTENTION = "rejected: the cap kept being taken by concurrent decisions"
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +46,7 @@ class Verdict:
 
     decision: Decision
     repeat: bool = False
+    sequence: int | None = None  # given by this commit, not yet on ``decision``
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +130,9 @@ class Dispatcher:
             ]
         self._uncertain -= ids
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        return [dataclasses.replace(v, decision=v.decision.model_copy(update={"decision_latency_ms": latency_ms}))
+        timed: dict[str, Any] = {"decision_latency_ms": latency_ms}
+        return [Verdict(v.decision.model_copy(update=timed if v.sequence is None else {**timed, "sequence": v.sequence}),
+                        v.repeat)
                 for v in verdicts]
 
     def _cached(self, scope_keys: list[str], baseline_keys: list[str]) -> Snapshot | None:
@@ -236,7 +241,7 @@ class Dispatcher:
             pending = []
             for (i, plan), res in zip(planned, commits, strict=True):
                 if res.status == "ok":
-                    results[i] = Verdict(plan.decision)
+                    results[i] = Verdict(plan.decision, sequence=res.sequence)
                 elif res.status == "dup":
                     assert res.stored is not None
                     results[i] = again(i, res.stored)
@@ -311,5 +316,5 @@ class Dispatcher:
 
 def _contention_reject(plan: Plan) -> Plan:
     """Last round of a batch that kept losing races for the same cap: reject rather than loop."""
-    d = reject(plan.decision, Trigger.BUDGET_HARD, "rejected: the cap kept being taken by concurrent decisions")
+    d = reject(plan.decision, Trigger.BUDGET_HARD, CONTENTION)
     return dataclasses.replace(plan, decision=d, amount=0, charges=())

@@ -1,7 +1,7 @@
 """Every Redis key dispatch-core writes, in one place (prefix ``dc:``).
 
 The Lua scripts in ``lua/`` build the decision, reservation, open-reservation, unrecorded-expiry,
-claim and load keys from the same prefixes; change them together.
+claim, load and sequence keys from the same prefixes; change them together.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ ROLLOUT = f"{PREFIX}rollout"                   # JSON: per-service mode / pinned
 LOAD = f"{PREFIX}load"                         # hash: executor -> JSON {saturation, at}
 OPEN_RESERVATIONS = f"{PREFIX}resv:open"       # zset: decision id scored by expiry (ms)
 UNRECORDED_EXPIRIES = f"{PREFIX}resv:unrecorded"  # zset: expired reservations whose event is not yet written
+SEQUENCE = f"{PREFIX}seq"                      # int: the last commit-order number given to a decision
 
 
 def budget(budget_id: str, scope: str, window_id: str) -> str:

@@ -52,9 +52,20 @@ class _StoredRecord(BaseModel):
     decision: Decision
 
 
-def _record(decision: Decision, source: str | None) -> str:
-    """The stored form; the decision's JSON is spliced in, not re-serialised."""
-    return f'{{"source":{json.dumps(source)},"decision":{decision.model_dump_json()}}}'
+_UNNUMBERED = '"sequence":null'
+
+
+def _record(decision: Decision, source: str | None) -> list[str]:
+    """The stored form, cut in two where commit.lua writes the decision's sequence number.
+
+    The decision's JSON is spliced in, not re-serialised. Its own ``sequence`` key is the only
+    one that can read ``"sequence":null`` (inside a string the quotes would be escaped).
+    """
+    body = decision.model_dump_json()
+    at = body.rfind(_UNNUMBERED)
+    if decision.sequence is not None or at < 0:
+        raise AssertionError("a decision to commit has no sequence yet")
+    return [f'{{"source":{json.dumps(source)},"decision":{body[:at]}"sequence":', f"{body[at + len(_UNNUMBERED):]}}}"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +74,7 @@ class CommitResult:
 
     status: Literal["ok", "dup", "conflict", "over"]
     stored: Stored | None = None  # the first decision of this task id, when status is "dup" or "conflict"
+    sequence: int | None = None  # the ledger's commit-order number of the decision, when status is "ok"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +165,9 @@ class RedisLedger:
     ) -> tuple[list[CommitResult], Snapshot]:
         """Commit planned decisions atomically and in order; ``sources`` name each plan's input.
 
+        Each decision committed ("ok") is numbered in the ledger's commit order, across all
+        workers (``CommitResult.sequence``, also in its stored record).
+
         Also returns the state of ``scope_keys`` and ``baseline_keys`` right after the batch
         (no load), in the same round trip.
         """
@@ -184,7 +199,10 @@ class RedisLedger:
         n = 2 * len(items)
         out = []
         for status, stored in zip(reply[0:n:2], reply[1:n:2], strict=True):
-            out.append(CommitResult(status, Stored.parse(stored) if stored else None))
+            if status == "ok":
+                out.append(CommitResult(status, sequence=int(stored)))
+            else:
+                out.append(CommitResult(status, Stored.parse(stored) if stored else None))
         return out, _state(reply[n:], scopes, baselines)
 
     async def settle(self, decision_id: str, actual: Decimal, identity: str, charge_scopes: Sequence[str] = ()) -> Settlement:

@@ -1,20 +1,25 @@
 -- Commit a batch of decisions atomically, in order. Idempotent by decision id.
 -- ARGV[1]: JSON array of items:
 --   {d: decision id, h: task content hash, cur: currency, who: [task id, service, executor],
---    rec: record JSON ({source, decision}; older records are the bare decision), ttl: record lifetime ms,
+--    rec: record JSON ({source, decision}; older records are the bare decision) cut in two around the
+--         decision's sequence number: [before, after], ttl: record lifetime ms,
 --    amt: micro-units to reserve,
 --    enforce: 0|1, scopes: [{k: budget key, lim: cap, exp: key expiry ms}], exp: reservation expiry ms,
 --    bl: {k, x: raw complexity, a: alpha, m0: prior mean, v0: prior variance},
 --    tr: [[budget key, 0|1, key expiry ms]]}
 -- ARGV[2]: JSON {s: [budget keys], b: [baseline keys]} whose state to report after the batch.
+-- Every "ok" decision gets the next number of the ledger's commit order (dc:seq, shared by all
+-- workers; one GET and one INCRBY per batch), in the order of the batch, stored in its record.
 -- Reply: flat array, two entries per item: status ("ok" | "dup" | "conflict" | "over"), and for
--- "dup" and "conflict" the stored record: a redelivered task (same content hash) gets its first
--- decision back, with no second charge; the same id with other content is a conflict;
+-- "ok" its sequence number, for "dup" and "conflict" the stored record: a redelivered task (same
+-- content hash) gets its first decision back, sequence included, with no second charge; the same id with other content is a conflict;
 -- then three fields per reported key, as snapshot.lua gives them, so that the caller's
 -- next batch can start from the state this one left without another read.
 local items = cjson.decode(ARGV[1])
 local report = cjson.decode(ARGV[2])
 local out = {}
+local seq = tonumber(redis.call('GET', 'dc:seq')) or 0
+local numbered = 0
 for _, it in ipairs(items) do
   local dkey = 'dc:decision:' .. it.d
   local existing = redis.call('GET', dkey)
@@ -71,11 +76,15 @@ for _, it in ipairs(items) do
       mean = mean + b.a * delta
       var = (1 - b.a) * (var + b.a * delta * delta)
       redis.call('HSET', b.k, 'n', n + 1, 'mean', string.format('%.17g', mean), 'var', string.format('%.17g', var))
-      redis.call('SET', dkey, it.rec, 'PX', it.ttl)
+      numbered = numbered + 1
+      redis.call('SET', dkey, it.rec[1] .. string.format('%d', seq + numbered) .. it.rec[2], 'PX', it.ttl)
       out[#out + 1] = 'ok'
-      out[#out + 1] = ''
+      out[#out + 1] = seq + numbered
     end
   end
+end
+if numbered > 0 then
+  redis.call('INCRBY', 'dc:seq', numbered)
 end
 local function fields(keys, a, b, c)
   for _, k in ipairs(keys) do

@@ -426,3 +426,25 @@ async def test_caps_hold_across_workers_with_the_snapshot_cache_on(ledger, redis
     assert state.reserved <= 1_000_000  # stale soft/trend views never let the cap slip
     assert state.reserved == sum(int(d.reserved * 1_000_000) for d in decisions)
     assert state.reserved > 1_000_000 - 50_000
+
+
+async def test_decisions_are_numbered_in_commit_order_across_workers_and_a_redelivery_keeps_its_number(
+        make_dispatcher, ledger, redis_client):
+    a, b = await make_dispatcher(capped()), await make_dispatcher(capped())
+    first = await a.decide([llm_task("small", task_id=f"s{i}") for i in range(3)])
+    second = await b.decide([llm_task("small", task_id="s1"), llm_task("small", task_id="s9")])
+    third = await a.decide([llm_task("small", task_id="s10")])
+    assert [x.sequence for x in first] == [1, 2, 3]  # one number per decision, in the batch's order
+    assert [x.sequence for x in second] == [2, 4]  # s1 again: its stored decision, number included
+    assert third[0].sequence == 5 and await redis_client.get(keys.SEQUENCE) == "5"
+    stored = await redis_client.get(keys.decision(first[1].decision_id))
+    assert Decision.model_validate_json(stored[stored.index('"decision":') + 11 : -1]).sequence == 2
+
+
+async def test_a_refused_commit_takes_no_number(ledger, redis_client):
+    one = decide(llm_task("small", task_id="probe"), capped(), Snapshot(), NOON).amount
+    policy = capped(Decimal(one * 3 // 2) / 1_000_000)  # room for one small task, not two
+    plans = [decide(llm_task("small", task_id=f"o{i}"), policy, Snapshot(), NOON) for i in range(3)]
+    results, _ = await ledger.commit(plans)  # all planned on the same empty snapshot: only the first fits
+    assert [(r.status, r.sequence) for r in results] == [("ok", 1), ("over", None), ("over", None)]
+    assert await redis_client.get(keys.SEQUENCE) == "1"

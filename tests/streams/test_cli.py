@@ -54,12 +54,14 @@ def test_demo_json_reports_a_run_on_the_real_stack(stack, monkeypatch, fresh_set
     replayed = runner.invoke(app, ["policy", "replay", str(DEFAULT_POLICY_PATH), "--audit-topic",
                                    summary["audit_topic"], "--json"])
     assert replayed.exit_code == 0, replayed.output
-    report = json.loads(replayed.stdout)
+    reports = json.loads(replayed.stdout)
+    assert set(reports) == {"per-decision", "simulation"}
     invalid = summary["by_trigger"].get("invalid", 0)
     probe = 1  # the demo's start-up probe task is on its audit topic too, not in its summary
-    assert report["decisions"] == summary["decisions"] - invalid + probe and report["skipped"] == invalid
-    assert sum(report["moves"].values()) == report["changed"] and float(report["recorded_cost"]) > 0
-    assert report["policy_version"] != summary["policy_version"]  # a different policy than the one recorded
+    for report in reports.values():
+        assert report["decisions"] == summary["decisions"] - invalid + probe and report["skipped"] == invalid
+        assert sum(report["moves"].values()) == report["changed"] and float(report["recorded_cost"]) > 0
+        assert report["policy_version"] != summary["policy_version"]  # a different policy than the one recorded
 
     # finance on the same topic: the store's report states the demo's savings, service by service
     monkeypatch.setenv("DISPATCH_FINANCE_STORE", str(tmp_path / "finance.duckdb"))
