@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -66,8 +65,9 @@ def chain_name(source: TopicPartition) -> str:
 
 
 def audit_partition(chain: str, partitions: int) -> int:
-    """Where a chain's events go: one partition per chain keeps them in order for readers."""
-    return zlib.crc32(chain.encode()) % partitions
+    """Where a chain's events go: one partition per chain keeps them in order for readers. Input
+    partition p writes to audit partition p mod N, so the inputs' spread is the audit topic's."""
+    return int(chain.rsplit("/", 1)[1]) % partitions
 
 
 def link(outs: Sequence[Out], head: Head, key: bytes | None, partitions: int) -> tuple[list[Out], Head]:

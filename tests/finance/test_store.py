@@ -58,7 +58,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(recorded: Re
         await wait_lines(procs.log("sync"), procs, 1)
         # readers get in between the follower's batches (it holds the file only while it writes one)
         count = runner.invoke(app, ["finance", "sql", "--store", str(store_path), "--json",
-                                    "SELECT count(*) AS n FROM decisions"])
+                                    "SELECT (SELECT count(*) FROM decisions) + (SELECT count(*) FROM settlements) AS n"])
         assert count.exit_code == 0, count.output
         assert json.loads(count.stdout)[0]["n"] >= 1
         # the rest, and every event of the first half again (an at-least-once writer's repeats)
@@ -89,7 +89,8 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(recorded: Re
                                     "SELECT decision_id, kind FROM settlements").fetchall())
         assert store.count("decisions") + store.count("settlements") == len(rows) == len(keys)
         assert rows == keys
-        ends = {tp.partition: o for tp, o in (await _ends(s.kafka_bootstrap, topic)).items()}
+        # every partition read to its end (a partition with nothing on it has nothing to store)
+        ends = {tp.partition: o for tp, o in (await _ends(s.kafka_bootstrap, topic)).items() if o > 0}
         assert store.offsets(topic) == ends
 
 
