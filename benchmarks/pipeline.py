@@ -66,7 +66,7 @@ async def one_run(base: Settings, variant: dict[str, object], tasks: int, rate: 
     tail = asyncio.create_task(_receive(s, policy.executors(), received, stop))
     try:
         async with TaskProducer(s) as producer:
-            await producer.submit({"task_id": "warmup", "service": "bench", "workload": "kernel"})
+            await producer.submit({"task_id": f"{ns}-warmup", "service": "bench", "workload": "kernel"})
             while not log.decisions:
                 children.check()  # a worker that died on start-up fails the run instead of hanging it
                 await asyncio.sleep(0.1)
@@ -116,7 +116,7 @@ async def saturation(base: Settings, variant: dict[str, object], tasks: int, wor
     s = await _settings(base, variant, workdir)
     async with TaskProducer(s) as producer:
         for i in range(0, tasks, 1000):
-            await producer.submit_many([{"task_id": f"sat-{j}", "service": f"svc-{j % 12}", "workload": "llm",
+            await producer.submit_many([{"task_id": f"{s.app_id}-{j}", "service": f"svc-{j % 12}", "workload": "llm",
                                          "tenant": f"t{j % 7}", "features": {"tokens": 200 + (j * 37) % 5000}}
                                         for j in range(i, min(tasks, i + 1000))])
     log, stop = AuditLog(), asyncio.Event()
