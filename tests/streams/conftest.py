@@ -89,3 +89,24 @@ async def wait_for(cond: Callable[[], Any], timeout_s: float = 30.0) -> None:
     while not await cond():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.2)
+
+
+async def send_reports(settings: Settings, decisions: list[dict], actual: str, times: int = 1) -> None:
+    """An executor's report for each decision event, each sent ``times`` times (a copy is a duplicate)."""
+    from decimal import Decimal
+
+    from aiokafka import AIOKafkaProducer
+
+    from dispatch_core.settlement import ExecutorReport
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for d in decisions * times:
+            report = ExecutorReport(decision_id=d["decision_id"], report_id=f"r-{d['decision_id']}",
+                                    task_id=d["task_id"], service=d["service"], executor=d["executor"],
+                                    actual=Decimal(actual), run_ms=5, dispatch_ms=10, finished_at=d["decided_at"])
+            await producer.send_and_wait(settings.topic_cost, key=d["decision_id"].encode(),
+                                         value=report.model_dump_json().encode())
+    finally:
+        await producer.stop()

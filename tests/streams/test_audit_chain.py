@@ -7,14 +7,12 @@ import json
 import subprocess
 import sys
 from collections import defaultdict
-from decimal import Decimal
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
 
 from dispatch_core.settings import Settings
-from dispatch_core.settlement import ExecutorReport
 from schemas import decode
 from schemas.chain import append, content_of, link_bytes
 from schemas.codec import split
@@ -23,7 +21,7 @@ from streams.consume import to_end, topic_reader
 from streams.producer import TaskProducer
 from streams.topics import TopicSpec, create_topics
 
-from .conftest import consume
+from .conftest import consume, send_reports
 from .test_pipeline import mixed_tasks
 
 KEY = SecretStr("finance-owns-this-key")
@@ -45,17 +43,7 @@ async def written(pipeline_settings, procs) -> Settings:
         await producer.submit_many(tasks[300:])
     records = await consume(s, [s.topic_audit], lambda rs: len(rs) >= 450, timeout_s=120)
     decisions = [e for _, e in (decode(r.value) for r in records)][:40]
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap)
-    await producer.start()
-    try:
-        for d in decisions * 2:  # each report twice: a settlement and a duplicate
-            report = ExecutorReport(decision_id=d["decision_id"], report_id=f"r-{d['decision_id']}",
-                                    task_id=d["task_id"], service=d["service"], executor=d["executor"],
-                                    actual=Decimal("0.001"), run_ms=5, dispatch_ms=10, finished_at=d["decided_at"])
-            await producer.send_and_wait(s.topic_cost, key=d["decision_id"].encode(),
-                                         value=report.model_dump_json().encode())
-    finally:
-        await producer.stop()
+    await send_reports(s, decisions, "0.001", times=2)  # a settlement and a duplicate each
     await consume(s, [s.topic_audit], lambda rs: len(rs) >= 450 + 80, timeout_s=60)
     procs.stop_all()  # a graceful stop is normal operation too
     return s

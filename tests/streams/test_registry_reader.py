@@ -25,12 +25,12 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from dispatch_core.engine import Snapshot, decide, invalid
 from dispatch_core.policy import load_policy, parse_policy
 from dispatch_core.settings import Settings
-from dispatch_core.settlement import ExecutorReport, SettlementEvent, SettlementKind
+from dispatch_core.settlement import SettlementEvent, SettlementKind
 from schemas import DECISION, SETTLEMENT, RegistryClient, audit_framing, decode, headers
 from streams.producer import TaskProducer
 
 from ..engine.factories import NOON, budget, llm_task, policy_with, task
-from .conftest import consume
+from .conftest import consume, send_reports
 
 Event = tuple[int, int, str, dict[str, Any]]  # partition, offset, event.kind header, the event
 
@@ -100,12 +100,7 @@ async def test_the_confluent_deserializer_reads_every_event_the_worker_writes(
         assert {"routed", "downgraded", "rejected"} <= {d["outcome"] for d in decisions}
         assert {d["task_id"] for d in decisions} == {t["task_id"] for t in tasks} | {"sr-bad"}
         reported = sorted((d for d in decisions if d["reserved"] > 0), key=lambda d: d["task_id"])[:2]
-        for d in reported * 2:  # every report twice: settled once, then recorded as a duplicate
-            report = ExecutorReport(decision_id=d["decision_id"], report_id=f"r-{d['decision_id']}",
-                                    task_id=d["task_id"], service=d["service"], executor=d["executor"],
-                                    actual=Decimal("0.000123"), run_ms=5, dispatch_ms=10, finished_at=d["decided_at"])
-            await raw.send_and_wait(s.topic_cost, key=d["decision_id"].encode(),
-                                    value=report.model_dump_json().encode())
+        await send_reports(s, reported, "0.000123", times=2)  # settled once, then recorded as a duplicate
     finally:
         await raw.stop()
     unreported = sum(1 for d in decisions if d["reserved"] > 0) - len(reported)
