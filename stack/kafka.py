@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import fcntl
 import logging
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from importlib import resources
@@ -27,7 +25,7 @@ from aiokafka.errors import KafkaError
 from dispatch_core.settings import Settings
 
 from .errors import FetchFailed, ServiceFailed, StackError
-from .service import Service
+from .service import Service, fetch_once
 
 HOST = "127.0.0.1"
 
@@ -184,28 +182,20 @@ class KafkaBroker(Service):
 
     def fetch(self) -> None:
         """Copy the broker's runtime jars from Maven into the cache, once per version (atomic, locked)."""
-        if self.libs.is_dir():
-            return
-        self.home.mkdir(parents=True, exist_ok=True)
-        with (self.home / ".lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if self.libs.is_dir():  # another process fetched while we waited
-                return
-            pom = self.home / "pom.xml"  # mvn writes next to its pom: keep the package read-only
-            pom.write_bytes(resources.files("stack").joinpath("kafka/pom.xml").read_bytes())
-            partial = self.home / f"libs.partial-{os.getpid()}"
-            argv = [
-                "mvn", "-B", "-q", "-U", "-Dstyle.color=never", "-f", str(pom), "dependency:copy-dependencies",
-                "-DincludeScope=runtime", f"-DoutputDirectory={partial}", f"-Dkafka.version={self.version}",
-            ]
-            if uses_log4j2(self.version):
-                argv.append("-Dkafka.log4j2=true")
-            done = subprocess.run(argv, cwd=self.home, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-            if done.returncode != 0 or not (partial / f"kafka_2.13-{self.version}.jar").exists():
-                shutil.rmtree(partial, ignore_errors=True)
-                why = maven_error(done.stdout + done.stderr)
-                raise FetchFailed(f"mvn could not fetch Kafka {self.version} jars: {why}")
-            partial.rename(self.libs)
+        fetch_once(self.libs, self._copy_jars)
+
+    def _copy_jars(self, into: Path) -> None:
+        pom = self.home / "pom.xml"  # mvn writes next to its pom: keep the package read-only
+        pom.write_bytes(resources.files("stack").joinpath("kafka/pom.xml").read_bytes())
+        argv = [
+            "mvn", "-B", "-q", "-U", "-Dstyle.color=never", "-f", str(pom), "dependency:copy-dependencies",
+            "-DincludeScope=runtime", f"-DoutputDirectory={into}", f"-Dkafka.version={self.version}",
+        ]
+        if uses_log4j2(self.version):
+            argv.append("-Dkafka.log4j2=true")
+        done = subprocess.run(argv, cwd=self.home, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if done.returncode != 0 or not (into / f"kafka_2.13-{self.version}.jar").exists():
+            raise FetchFailed(f"mvn could not fetch Kafka {self.version} jars: {maven_error(done.stdout + done.stderr)}")
 
     def _jvm(self) -> list[str]:
         log_flag = "-Dlog4j2.configurationFile=" if uses_log4j2(self.version) else "-Dlog4j.configuration=file:"

@@ -17,7 +17,6 @@ shows it).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import shutil
@@ -33,7 +32,7 @@ from dispatch_core.settings import Settings
 
 from .errors import FetchFailed, MissingDependency, StackError
 from .kafka import maven_error
-from .service import Service
+from .service import Service, fetch_once
 
 HOST = "127.0.0.1"
 VERSION = "3.3.3"  # needs Java 21+
@@ -184,27 +183,19 @@ class SchemaRegistry(Service):
 
     def fetch(self) -> None:
         """Unpack the registry from Maven Central into the cache, once per version (atomic, locked)."""
-        if self.dist.is_dir():
-            return
-        self.home.mkdir(parents=True, exist_ok=True)
-        with (self.home / ".lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if self.dist.is_dir():  # another process fetched while we waited
-                return
-            partial = self.home / f"dist.partial-{os.getpid()}"
-            shutil.rmtree(partial, ignore_errors=True)
-            done = subprocess.run(self._mvn(partial), cwd=self.home, capture_output=True, text=True,
-                                  stdin=subprocess.DEVNULL)
-            archives = list(partial.glob("*.tar.gz"))
-            if done.returncode == 0 and archives:  # the wagon download: unpack it ourselves
-                with tarfile.open(archives[0]) as tar:
-                    tar.extractall(partial, filter="data")
-                archives[0].unlink()
-            if done.returncode != 0 or not any(partial.glob("*.jar")):
-                shutil.rmtree(partial, ignore_errors=True)
-                why = maven_error(done.stdout + done.stderr)
-                raise FetchFailed(f"mvn could not fetch Apicurio Registry {self.version}: {why}")
-            partial.rename(self.dist)
+        fetch_once(self.dist, self._unpack)
+
+    def _unpack(self, into: Path) -> None:
+        done = subprocess.run(self._mvn(into), cwd=self.home, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
+        archives = list(into.glob("*.tar.gz"))
+        if done.returncode == 0 and archives:  # the wagon download: unpack it ourselves
+            with tarfile.open(archives[0]) as tar:
+                tar.extractall(into, filter="data")
+            archives[0].unlink()
+        if done.returncode != 0 or not any(into.glob("*.jar")):
+            why = maven_error(done.stdout + done.stderr)
+            raise FetchFailed(f"mvn could not fetch Apicurio Registry {self.version}: {why}")
 
     def _mvn(self, into: Path) -> list[str]:
         """The Maven command that puts the build's ``tar.gz:all`` into ``into``.

@@ -8,7 +8,11 @@ and how to ask the service whether it answers.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import shutil
 import time
+from collections.abc import Callable
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,3 +131,24 @@ class Service(ABC):
 
     def failure(self, what: str) -> ServiceFailed:
         return ServiceFailed(f"{what}; log: {self.log_file}", log_tail=process.tail(self.log_file))
+
+
+def fetch_once(target: Path, fill: Callable[[Path], None]) -> None:
+    """Create the cache directory ``target`` once: ``fill`` writes it under a temporary name that
+    is renamed when it returns, so the directory appears whole or not at all, and processes that
+    fetch at the same time wait on a lock instead of downloading twice."""
+    if target.is_dir():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (target.parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_dir():  # another process fetched while we waited
+            return
+        partial = target.parent / f"{target.name}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            fill(partial)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        partial.rename(target)
