@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import json
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -130,25 +131,25 @@ class RegistryClient:
         return found
 
 
-class Framing(Protocol):
+class Framing(ABC):
     """What goes before an audit event's Avro body on the topic."""
 
+    @abstractmethod
     def prefix(self, schema: EventSchema) -> bytes: ...
 
-    def encode(self, schema: EventSchema, record: dict[str, Any]) -> bytes: ...
+    def encode(self, schema: EventSchema, record: dict[str, Any]) -> bytes:
+        """The event as written: this framing's prefix, then the Avro body."""
+        return self.prefix(schema) + codec.body(schema, record)
 
 
-class SingleObject:
+class SingleObject(Framing):
     """Avro single-object encoding: ``0xC3 0x01`` + the schema's fingerprint; no registry needed."""
 
     def prefix(self, schema: EventSchema) -> bytes:
         return codec.MAGIC + schema.fingerprint
 
-    def encode(self, schema: EventSchema, record: dict[str, Any]) -> bytes:
-        return self.prefix(schema) + codec.body(schema, record)
 
-
-class Confluent:
+class Confluent(Framing):
     """Confluent wire format: ``0x00`` + the schema's registry id (4 bytes, big-endian)."""
 
     def __init__(self, ids: Mapping[bytes, int]) -> None:
@@ -164,9 +165,6 @@ class Confluent:
             return MAGIC + self.ids[schema.fingerprint].to_bytes(4, "big")
         except KeyError:
             raise AuditEncodingError(f"{schema.name} v{schema.version} is not registered") from None
-
-    def encode(self, schema: EventSchema, record: dict[str, Any]) -> bytes:
-        return self.prefix(schema) + codec.body(schema, record)
 
 
 def audit_framing(settings: Settings) -> Framing:
