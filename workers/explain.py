@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from schemas.chain import GENESIS, HMAC, content_of, link_matches
 from schemas.codec import AuditEncodingError, read_body
 from schemas.registry import split  # either format: single-object, or Confluent through the registry
+from workers.finance_store import FinanceStore, dict_rows
 
 #: The standard triggers in the order the engine applies them, with the words its rationale uses.
 STANDARD = [
@@ -31,13 +32,11 @@ CIRCUMSTANCES = [("shadow", ("shadow mode",)), ("flag", ("adoption flag",)),
                  ("ledger_unavailable", ("Redis", "ledger")), ("invalid", ("",)), ("conflict", ("",))]
 
 
-def _rows(store: Any, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    cur = store.db.execute(sql, params)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+def _rows(store: FinanceStore, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    return dict_rows(store.db.execute(sql, params))
 
 
-def find(store: Any, ident: str) -> list[dict[str, Any]]:
+def find(store: FinanceStore, ident: str) -> list[dict[str, Any]]:
     """Decisions with this decision id, or for this task id (a reused id has several), oldest first."""
     return _rows(store, "SELECT * FROM decisions WHERE decision_id = ? OR task_id = ? ORDER BY decided_at",
                  [ident, ident])
@@ -100,7 +99,7 @@ def settlement_summary(d: dict[str, Any], settlements: list[dict[str, Any]]) -> 
                        for s in settlements]}
 
 
-async def check_link(bootstrap: str, d: dict[str, Any], store: Any, key: bytes | None) -> dict[str, Any]:
+async def check_link(bootstrap: str, d: dict[str, Any], store: FinanceStore, key: bytes | None) -> dict[str, Any]:
     """Does the decision's event, as it is on the audit topic now, match its link, and does the
     link name its chain's previous event?"""
     if d["link_hash"] is None:
@@ -138,7 +137,7 @@ async def check_link(bootstrap: str, d: dict[str, Any], store: Any, key: bytes |
             else "its previous event is not in the store (run `dispatch audit verify` for the whole chain)"}
 
 
-def explain(store: Any, d: dict[str, Any]) -> dict[str, Any]:
+def explain(store: FinanceStore, d: dict[str, Any]) -> dict[str, Any]:
     """The full reconstruction of decision ``d`` (a row of the store's ``decisions``)."""
     budgets = _rows(store, "SELECT * FROM decision_budgets WHERE decision_id = ? ORDER BY budget_id, scope",
                     [d["decision_id"]])

@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 
 from .finance_rules import ACTUAL_KINDS, SLA_RISK_MARGIN, CostRow, savings, sunset
+from .finance_store import dict_rows
 
 _KINDS = ", ".join(f"'{k}'" for k in ACTUAL_KINDS)
 
@@ -44,10 +45,8 @@ class Period:
 
     def rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         """``sql`` may read ``tasks``; rows as dicts."""
-        cur = self.db.execute(f"WITH tasks AS ({TASKS}) {sql}",
-                              [self.since, self.since, self.until, self.until, *params])
-        names = [c[0] for c in cur.description or []]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
+        return dict_rows(self.db.execute(f"WITH tasks AS ({TASKS}) {sql}",
+                                         [self.since, self.since, self.until, self.until, *params]))
 
 
 def _plain(value: Any) -> Any:

@@ -114,6 +114,12 @@ _INSERT = {t: _insert_sql(t) for t in TABLES if t != "offsets"}
 _INSERT["offsets"] = _insert_sql("offsets", "INSERT OR REPLACE")
 
 
+def dict_rows(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """An executed query's rows, each as a dict by column name."""
+    names = [c[0] for c in cursor.description or []]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
 def _micros(value: dt.datetime | None) -> int | None:
     return None if value is None else (value - _EPOCH) // dt.timedelta(microseconds=1)
 
