@@ -30,7 +30,7 @@ from dispatch_core.ledger import RedisLedger
 from dispatch_core.policy import load_policy
 from dispatch_core.policy_store import PolicyStore
 from dispatch_core.settings import Settings
-from schemas import Framing, audit_framing
+from schemas import Framing
 from streams.dlq import Incoming
 from streams.errors import Fenced
 from streams.outputs import KafkaOutputs
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 class Runtime:
     """The worker's connections, opened once on first use and closed on shutdown."""
 
-    def __init__(self, settings: Settings, app: faust.App, framing: Framing | None = None) -> None:
+    def __init__(self, settings: Settings, app: faust.App, framing: Framing) -> None:
         self.settings = settings
         self.app = app
         self.framing = framing
@@ -65,10 +65,9 @@ class Runtime:
                     snapshot_max_age_s=s.snapshot_max_age_s,
                 )
                 await dispatcher.start()
-                framing = self.framing or await asyncio.to_thread(audit_framing, s)  # registers the schemas
                 outputs = KafkaOutputs(s, group_id=s.app_id, commit=self._commit)
                 self._pipeline = Pipeline(dispatcher, outputs, s, worker=s.worker_id or f"pid-{os.getpid()}",
-                                          framing=framing)
+                                          framing=self.framing)
                 log.info("dispatch-core worker ready: policy %s, %s", dispatcher.default_policy.version[:12],
                          s.processing_guarantee)
             return self._pipeline
@@ -151,9 +150,9 @@ def _ours(partitions: Iterable[Any], topics: set[str]) -> list[TopicPartition]:
     return [TopicPartition(tp.topic, tp.partition) for tp in partitions if tp.topic in topics]
 
 
-def create_app(settings: Settings, framing: Framing | None = None) -> tuple[faust.App, Runtime]:
+def create_app(settings: Settings, framing: Framing) -> tuple[faust.App, Runtime]:
     """Build the dispatcher's Faust app for ``settings``; ``framing`` frames its audit events
-    (default: what ``settings`` ask for, set up when the first agent starts)."""
+    (``schemas.audit_framing``: the worker sets it up, registering the schemas, before it starts)."""
     partitions = {spec.name: spec.partitions for spec in topic_specs(settings, [])}
     datadir = settings.state_dir / "faust" / settings.app_id  # Faust wants one; keep it out of the cwd
     datadir.mkdir(parents=True, exist_ok=True)
