@@ -314,12 +314,16 @@ class KafkaOutputs:
         """Take the partitions over: with transactions, fence their last owner before reading them;
         then read their chain heads (after the fence: the last owner's commit is settled)."""
         self._owned = set(partitions)
+        taken = set(self._owned)
         if self.transactional:
             results = await asyncio.gather(*(self._producer(tp) for tp in self._owned), return_exceptions=True)
             for tp, result in zip(self._owned, results, strict=True):
                 if isinstance(result, BaseException):  # the first write will try again
                     log.warning("could not take over %s yet: %s", tp, result)
-        new = [tp for tp in self._owned if tp not in self._heads]
+                    # not fenced yet: the last owner's commit may still land and move the head,
+                    # so its head is read by the first write, after the fence
+                    taken.discard(tp)
+        new = [tp for tp in taken if tp not in self._heads]
         if new:
             try:
                 await self._load_heads(new)
