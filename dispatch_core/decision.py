@@ -11,6 +11,7 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,6 +48,7 @@ class Outcome(StrEnum):
     REJECTED = "rejected"  # not routed at all
 
 
+@lru_cache(maxsize=65_536)  # asked several times per task in a batch (ledger keys, engine, verdicts)
 def decision_id_for(service: str, task_id: str) -> str:
     """Deterministic decision id: a redelivered task maps to the same decision."""
     return str(uuid.uuid5(DECISION_NAMESPACE, f"{service}/{task_id}"))

@@ -194,6 +194,7 @@ class _Work:
     now: datetime
     scopes: list[_Scope]
     cur: int | None
+    costs: list[Decimal]  # the estimate on each tier of the class, computed once
     triggers: list[Trigger] = field(default_factory=list)
     why: list[str] = field(default_factory=list)
 
@@ -266,7 +267,7 @@ class _Work:
     def budget_hard(self) -> None:
         if self.cur is None or not self.scopes:
             return
-        amounts = [to_micros(estimate(t, self.task)) for t in self.cls.tiers]
+        amounts = [to_micros(c) for c in self.costs]
         tight = [f"{s.budget.id}/{s.scope}" for s in self.scopes if not s.fits(amounts[self.cur])]
         if not tight:
             return
@@ -293,7 +294,8 @@ def decide(
     bkey = keys.baseline(task.service, task.task_type)
     cx = score(task, cls.complexity, snap.baselines.get(bkey, Baseline()))
     mapped, rule_id = _map_tier(policy, cls, task, cx.score)
-    w = _Work(task, policy, cls, snap, now, _scopes(policy, task, snap, now) if mode != "off" else [], mapped)
+    costs = [estimate(t, task) for t in cls.tiers]
+    w = _Work(task, policy, cls, snap, now, _scopes(policy, task, snap, now) if mode != "off" else [], mapped, costs)
     w.why.append(f"complexity {cx.score:.3f} maps to {w.name(mapped)} ({rule_id})")
 
     # a force rule wins, then an allowed requested tier
@@ -326,8 +328,8 @@ def decide(
         w.triggers.append(Trigger.SHADOW)
         w.why.append(f"shadow mode: enforcement would give {w.name(enforced) or 'reject'}; routed as asked")
 
-    amount = to_micros(estimate(cls.tiers[assigned], task)) if assigned is not None and mode != "off" else 0
-    est_asked = estimate(cls.tiers[asked if asked is not None else mapped], task)
+    amount = to_micros(costs[assigned]) if assigned is not None and mode != "off" else 0
+    est_asked = costs[asked if asked is not None else mapped]
     requested = cls.index(task.requested_tier) if task.requested_tier is not None else None
     untiered = requested if requested is not None else len(cls.tiers) - 1
     decision = Decision(
@@ -341,12 +343,12 @@ def decide(
         assigned_tier=w.name(assigned), executor=cls.tiers[assigned].executor if assigned is not None else None,
         triggers=w.triggers, rationale="; ".join(w.why), currency=policy.currency,
         estimate_asked=est_asked,
-        estimate_assigned=estimate(cls.tiers[assigned], task) if assigned is not None else Decimal(0),
+        estimate_assigned=costs[assigned] if assigned is not None else Decimal(0),
         reserved=from_micros(amount), budgets=[s.state_after(amount) for s in w.scopes], sla_ms=w.sla,
         executor_p95_ms=cls.tiers[assigned].p95_ms if assigned is not None else None,
         engine_version=__version__, decided_at=now,
-        complexity_tier=w.name(mapped), estimate_complexity=estimate(cls.tiers[mapped], task),
-        untiered_tier=w.name(untiered), estimate_untiered=estimate(cls.tiers[untiered], task),
+        complexity_tier=w.name(mapped), estimate_complexity=costs[mapped],
+        untiered_tier=w.name(untiered), estimate_untiered=costs[untiered],
         executor_load={t.executor: w.saturation(i) for i, t in enumerate(cls.tiers)},
         decision_latency_ms=(time.perf_counter() - t0) * 1000.0,
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from dispatch_core.policy import Window
 
@@ -15,17 +16,17 @@ class WindowSpan:
     kind: Window
     start: datetime
     end: datetime
+    id: str = field(init=False)  # stable text id used in ledger keys, e.g. ``day:20261124T0000``
 
-    @property
-    def id(self) -> str:
-        """Stable text id used in ledger keys."""
-        return f"{self.kind}:{self.start.strftime('%Y%m%dT%H%M')}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", f"{self.kind}:{self.start.strftime('%Y%m%dT%H%M')}")
 
     def elapsed_fraction(self, now: datetime) -> float:
         total = (self.end - self.start).total_seconds()
         return min(1.0, max(0.0, (now - self.start).total_seconds() / total))
 
 
+@lru_cache(maxsize=256)  # a batch decides all its tasks at one ``now``: each window is computed once
 def window_at(kind: Window, now: datetime) -> WindowSpan:
     """The window of ``kind`` that contains ``now`` (which must be timezone-aware)."""
     now = now.astimezone(UTC)

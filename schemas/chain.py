@@ -26,12 +26,14 @@ from typing import Any
 import fastavro
 
 from schemas.codec import DECISION
+from schemas.encoder import compile_encoder
 
 GENESIS = "0" * 64
 HMAC = "hmac-sha256"
 #: The ChainLink record, as the current decision schema defines it (settlement uses the same).
 _LINK_SCHEMA = fastavro.parse_schema(
     next(t for t in next(f for f in DECISION.raw["fields"] if f["name"] == "link")["type"] if t != "null"))
+_write_link = compile_encoder(_LINK_SCHEMA)
 _NULL_LINK = b"\x00"  # union branch 0 (null), as ``codec.body`` writes a missing link
 
 
@@ -146,10 +148,7 @@ def unlinked(body: bytes) -> bytes:
 
 def link_bytes(link: Link) -> bytes:
     """The link field's Avro encoding: union branch 1, then the record."""
-    buf = io.BytesIO()
-    buf.write(b"\x02")
-    fastavro.schemaless_writer(buf, _LINK_SCHEMA, link.as_record())
-    return buf.getvalue()
+    return b"\x02" + _write_link(link.as_record())
 
 
 def append(head: Head, content: bytes, key: bytes | None) -> tuple[Link, Head]:

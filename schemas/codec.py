@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
-from enum import Enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from dispatch_core.errors import DispatchError
+from schemas.encoder import compile_encoder
 
 MAGIC = b"\xc3\x01"
 HEADER_FINGERPRINT = "avro.fingerprint"
@@ -44,6 +45,10 @@ class EventSchema:
     parsed: Any
     fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO
     version: int  # history/<name>.v<n>.avsc holds version n; the current one is the next
+    write: Callable[[Mapping[str, Any]], bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "write", compile_encoder(self.parsed))
 
     @property
     def fingerprint_hex(self) -> str:
@@ -75,29 +80,16 @@ CURRENT = {s.name: s for s in (DECISION, SETTLEMENT)}
 SCHEMAS = {s.fingerprint: s for s in _ALL}
 
 
-def _plain(value: Any) -> Any:
-    """Enums to their values, recursively, so fastavro sees plain strings."""
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
 def body(schema: EventSchema, record: dict[str, Any]) -> bytes:
     """The Avro binary body of ``record``; refuses a record that does not match the schema exactly.
 
     ``link`` (the hash-chain link, the last field) may be left out: it is written as null, and
     ``schemas.chain`` replaces that null when the event is written to its chain.
     """
-    buf = io.BytesIO()
     try:
-        fastavro.schemaless_writer(buf, schema.parsed, _plain({"link": None, **record}), strict=True)
+        return schema.write({"link": None, **record})
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise AuditEncodingError(f"cannot write {schema.name} event: {exc}") from exc
-    return buf.getvalue()
+        raise AuditEncodingError(f"cannot write {schema.name} event: {exc!r}") from exc
 
 
 def encode(schema: EventSchema, record: dict[str, Any]) -> bytes:
