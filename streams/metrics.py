@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter as Counter_
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from dispatch_core.decision import Decision
@@ -23,16 +26,30 @@ UNAVAILABLE = Gauge("dispatch_waiting_unavailable", "1 while batches wait for Re
                     ["what"])
 
 
-def observe(decision: Decision) -> None:
-    """Count one decision and update the budgets it saw."""
-    labels = {
-        "workload": decision.workload.value if decision.workload else "unknown",
-        "tier": decision.assigned_tier or "none",
-        "outcome": decision.outcome.value,
-    }
-    DECISIONS.labels(**labels).inc()
-    for trigger in decision.triggers:
-        TRIGGERS.labels(workload=labels["workload"], trigger=trigger.value).inc()
-    DECISION_LATENCY.observe(decision.decision_latency_ms / 1000.0)
-    for b in decision.budgets:
-        BUDGET_UTILISATION.labels(budget=b.budget_id, scope=b.scope).set(float(b.committed_after / b.limit))
+def observe(decisions: Iterable[Decision]) -> None:
+    """Count a batch's decisions and update the budgets they saw.
+
+    Per batch, not per decision: a labelled child is looked up once per label set, and a
+    budget's gauge is set once, to the last decision's view of it (the batch's latest).
+    """
+    counts: Counter_[tuple[str, str, str]] = Counter_()
+    triggers: Counter_[tuple[str, str]] = Counter_()
+    utilisation: dict[tuple[str, str], float] = {}
+    n_by_latency: Counter_[float] = Counter_()
+    for d in decisions:
+        workload = d.workload.value if d.workload else "unknown"
+        counts[(workload, d.assigned_tier or "none", d.outcome.value)] += 1
+        for trigger in d.triggers:
+            triggers[(workload, trigger.value)] += 1
+        n_by_latency[d.decision_latency_ms] += 1
+        for b in d.budgets:
+            utilisation[(b.budget_id, b.scope)] = float(b.committed_after / b.limit)
+    for (workload, tier, outcome), n in counts.items():
+        DECISIONS.labels(workload=workload, tier=tier, outcome=outcome).inc(n)
+    for (workload, fired), n in triggers.items():
+        TRIGGERS.labels(workload=workload, trigger=fired).inc(n)
+    for latency_ms, n in n_by_latency.items():
+        for _ in range(n):
+            DECISION_LATENCY.observe(latency_ms / 1000.0)
+    for (budget, scope), ratio in utilisation.items():
+        BUDGET_UTILISATION.labels(budget=budget, scope=scope).set(ratio)

@@ -258,8 +258,7 @@ class Pipeline:
 
     @staticmethod
     def _count(part: _Part) -> None:
-        for d in part.decisions:
-            metrics.observe(d)
+        metrics.observe(part.decisions)
         for e in part.settlements:
             metrics.SETTLEMENTS.labels(kind=e.kind.value).inc()
         for reason in part.dead:
