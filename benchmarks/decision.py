@@ -1,33 +1,35 @@
-"""Decision latency: the pure engine, and the engine with its Redis round trips.
+"""The ``decision`` section of ``dispatch bench``: the engine alone, and ``Dispatcher.decide`` on the real Redis.
 
-    python -m benchmarks.decision [--redis-url URL] [--runs 5] [--tasks 2000]
+Three measurements in one run, so they compare on the same (noisy) machine:
 
-Prints p50/p95/p99 per run and the median of each across runs. Three measurements in one
-run so they can be compared on the same (noisy, 2-core) machine:
-  engine        decide() alone, no I/O
-  dispatch x1   Dispatcher.decide([task]): read + commit round trips to Redis, one task at a time
-  x100          Dispatcher.decide(batch of 100): the per-task share of one batch
-each Redis measurement reading before every batch (two round trips: read, commit) and with
-the snapshot cache (snapshot_max_age_s=0.25, the worker's default: one round trip per batch).
+- engine: ``decide()`` alone, no I/O, each plan applied to the snapshot as the dispatcher does;
+- one task per call: ``Dispatcher.decide([task])``, its Redis round trips included, with the
+  worker's snapshot cache (``snapshot_max_age_s`` 0.25 s: one round trip per call when warm);
+- batches of 100: the per-task share of ``Dispatcher.decide(batch)``.
+
+The workload is mixed (three classes, three services, tenants, some tight SLAs) and the budgets
+are a hundredth of the default policy's, with one executor reporting saturation, so every
+standard trigger fires during the run (``triggers`` counts them).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import random
+import re
 import statistics
 import time
+from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from dispatch_core.dispatcher import Dispatcher
 from dispatch_core.engine import Snapshot, apply_plan, decide
 from dispatch_core.ledger import RedisLedger
-from dispatch_core.policy import load_policy
+from dispatch_core.policy import DEFAULT_POLICY_PATH, Policy, load_policy
 from dispatch_core.policy_store import PolicyStore
-from dispatch_core.settings import get_settings
 from dispatch_core.task import Task
-from workers.finance import pct
+from benchmarks.pipeline import pct
 
 
 def mixed_tasks(n: int, seed: int, prefix: str) -> list[Task]:
@@ -37,80 +39,83 @@ def mixed_tasks(n: int, seed: int, prefix: str) -> list[Task]:
         w = rnd.choice(["llm", "script", "kernel"])
         feats = {"tokens": int(rnd.lognormvariate(7, 1))} if w == "llm" else {
             "cpu_ms": rnd.lognormvariate(4, 1), "depth": rnd.randint(0, 6), "payload_bytes": rnd.randint(0, 10**6)}
-        out.append(Task.model_validate({
-            "task_id": f"{prefix}-{i}", "service": rnd.choice(["llm-gateway", "tarotscript", "aegis"]),
-            "workload": w, "tenant": rnd.choice(["acme", "globex", None]), "features": feats,
-        }))
+        task: dict[str, Any] = {"task_id": f"{prefix}-{i}", "service": rnd.choice(["llm-gateway", "tarotscript", "aegis"]),
+                                "workload": w, "tenant": rnd.choice(["acme", "globex", None]), "features": feats}
+        if rnd.random() < 0.05:
+            task["sla_ms"] = 30  # some tasks only a fast tier can serve: sla_guard
+        out.append(Task.model_validate(task))
     return out
 
 
-def summary(name: str, runs: list[list[float]]) -> None:
-    p50 = [pct(r, 0.5) for r in runs]
-    p95 = [pct(r, 0.95) for r in runs]
-    p99 = [pct(r, 0.99) for r in runs]
-    per_run = "  ".join(f"{a:.3f}/{b:.3f}/{c:.3f}" for a, b, c in zip(p50, p95, p99, strict=True))
-    print(f"{name:<22} median over {len(runs)} runs: p50 {statistics.median(p50):.3f} ms  "
-          f"p95 {statistics.median(p95):.3f} ms  p99 {statistics.median(p99):.3f} ms   (per run p50/p95/p99: {per_run})")
+def tight_policy(workdir: Path, factor: int = 100) -> Policy:
+    """The default policy with every budget limit divided by ``factor`` (its own version)."""
+    text = re.sub(r'limit: "([0-9.]+)"', lambda m: f'limit: "{float(m.group(1)) / factor:.6f}"',
+                  DEFAULT_POLICY_PATH.read_text())
+    path = workdir / "bench-tight-policy.yaml"
+    path.write_text(text)
+    return load_policy(path)
 
 
-def engine_runs(runs: int, n: int) -> list[list[float]]:
-    """decide() alone, each plan replayed on the snapshot as the dispatcher does."""
-    policy, out = load_policy(), []
-    for run in range(runs):
-        snap, now, samples = Snapshot(), datetime.now(UTC), []
-        for t in mixed_tasks(n, run, f"engine{run}"):
-            t0 = time.perf_counter()
-            plan = decide(t, policy, snap, now)
-            samples.append((time.perf_counter() - t0) * 1000)
-            apply_plan(snap, plan)
-        out.append(samples)
-    return out
+def _stats(samples: list[float]) -> dict[str, float]:
+    return {"p50_ms": pct(samples, 0.5), "p95_ms": pct(samples, 0.95), "p99_ms": pct(samples, 0.99)}
 
 
-async def dispatch_runs(
-    redis_url: str, runs: int, n: int, snapshot_max_age_s: float = 0.0
-) -> tuple[list[list[float]], list[list[float]]]:
-    """Dispatcher.decide on the real Redis: one task per call, then batches of 100 (per-task share)."""
-    policy = load_policy()
-    single_runs, batch_runs = [], []
+def engine_run(n: int, seed: int) -> list[float]:
+    policy, snap, now, samples = load_policy(), Snapshot(), datetime.now(UTC), []
+    for t in mixed_tasks(n, seed, f"engine{seed}"):
+        t0 = time.perf_counter()
+        plan = decide(t, policy, snap, now)
+        samples.append((time.perf_counter() - t0) * 1000)
+        apply_plan(snap, plan)
+    return samples
+
+
+async def dispatch_run(redis_url: str, policy: Policy, n: int, seed: int) -> tuple[list[float], list[float], float, float, Counter[str]]:
+    """(per-call ms, per-task ms in batches, calls/s, tasks/s in batches, triggers fired) on a flushed bench DB."""
     ledger = RedisLedger.from_url(redis_url)
-    for run in range(runs):
-        tasks = mixed_tasks(n, run, f"bench{run}-{time.time_ns()}")
+    try:
         await ledger.redis.flushdb()
-        d = Dispatcher(ledger, PolicyStore(ledger.redis), policy, snapshot_max_age_s=snapshot_max_age_s)
+        d = Dispatcher(ledger, PolicyStore(ledger.redis), policy, snapshot_max_age_s=0.25)
         await d.start()
-        samples = []
+        await d.report_load("llm-large", 0.95, datetime.now(UTC))  # the load trigger's case
+        tasks = mixed_tasks(n, seed, f"bench{seed}-{time.time_ns()}")
+        fired: Counter[str] = Counter()
+        single = []
+        start = time.perf_counter()
         for t in tasks[: n // 2]:
             t0 = time.perf_counter()
-            await d.decide([t])
-            samples.append((time.perf_counter() - t0) * 1000)
-        single_runs.append(samples)
-        samples = []
-        rest = tasks[n // 2 :]
+            decision = (await d.decide([t]))[0]
+            single.append((time.perf_counter() - t0) * 1000)
+            fired.update(tr.value for tr in decision.triggers)
+        single_per_s = len(single) / (time.perf_counter() - start)
+        batched = []
+        rest = tasks[n // 2:]
+        start = time.perf_counter()
         for i in range(0, len(rest), 100):
-            chunk = rest[i : i + 100]
+            chunk = rest[i: i + 100]
             t0 = time.perf_counter()
-            await d.decide(chunk)
-            samples.append((time.perf_counter() - t0) * 1000 / len(chunk))
-        batch_runs.append(samples)
-    await ledger.redis.flushdb()
-    await ledger.close()
-    return single_runs, batch_runs
+            for decision in await d.decide(chunk):
+                fired.update(tr.value for tr in decision.triggers)
+            batched.append((time.perf_counter() - t0) * 1000 / len(chunk))
+        batch_per_s = len(rest) / (time.perf_counter() - start)
+        await ledger.redis.flushdb()
+        return single, batched, single_per_s, batch_per_s, fired
+    finally:
+        await ledger.close()
 
 
-def main(redis_url: str, runs: int, n: int) -> None:
-    print(f"decision latency, {n} mixed tasks per run (llm/script/kernel, 3 services, 2 tenants, default policy)")
-    summary("engine", engine_runs(runs, n))
-    for name, max_age in (("read+commit", 0.0), ("1 trip", 0.25)):
-        single, batch = asyncio.run(dispatch_runs(redis_url, runs, n, max_age))
-        summary(f"x1 {name}", single)
-        summary(f"x100 {name}", batch)
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--redis-url", default=get_settings().redis_url, help="a Redis whose DB may be flushed")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--tasks", type=int, default=2000)
-    args = ap.parse_args()
-    main(args.redis_url, args.runs, args.tasks)
+async def run_decision(redis_url: str, workdir: Path, *, quick: bool) -> dict[str, Any]:
+    """Medians over runs of p50/p95/p99 and decisions/s; ``redis_url`` is flushed (a bench-only DB)."""
+    runs, n = (1, 1000) if quick else (5, 2000)
+    policy = tight_policy(workdir)
+    rows: dict[str, list[dict[str, float]]] = {"engine": [], "x1": [], "x100": []}
+    fired: Counter[str] = Counter()
+    for run in range(runs):
+        rows["engine"].append({**_stats(engine_run(n, run))})
+        single, batched, single_per_s, batch_per_s, f = await dispatch_run(redis_url, policy, n, run)
+        rows["x1"].append({**_stats(single), "per_s": single_per_s})
+        rows["x100"].append({**_stats(batched), "per_s": batch_per_s})
+        fired += f
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in rows.items()}
+    return {**med["x1"], "engine": med["engine"], "batch_100": med["x100"], "runs": runs, "tasks_per_run": n,
+            "triggers": dict(sorted(fired.items()))}

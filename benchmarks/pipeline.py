@@ -1,187 +1,291 @@
-"""End-to-end pipeline latency and throughput on the local stack: a real worker process over Kafka.
+"""The ``pipeline`` section of ``dispatch bench``: real worker processes over the real broker and Redis.
 
-    python -m benchmarks.pipeline [--runs 3] [--tasks 1500] [--rate 100] [--saturation 10000]
+1. Offered rates (100, 1,000, 2,000 tasks/s): a paced, non-blocking producer sends a mixed
+   workload of the three services to one worker; a ``read_committed`` reader (as executors
+   and finance read) notes when each task's routed copy and its audit event arrive. End to
+   end is task created -> received, on one clock (this process). Achieved is what the
+   producer really sent per second.
+2. Saturation: tasks as fast as the producer goes, one worker, then two workers in one
+   consumer group on the same topic: tasks/s from first to last decision and CPU ms per task
+   of the worker processes (from /proc) over the same interval.
+3. Partition spread of the task topic over everything sent (max / mean).
 
-For each run and each worker variant (exactly once, the default: each batch in a Kafka
-transaction; at least once: offsets committed after the writes) it starts a fresh dispatcher
-worker on its own topics, publishes a paced mixed workload, and measures decision latency
-(the batch's time in the dispatcher, incl. its Redis round trip) and dispatch latency (task
-created -> routed task received by a ``read_committed`` consumer of its executor topic, as
-an executor sees it: a transaction's records become visible only when it commits). With
-``--saturation N`` it also pre-loads N tasks and measures how fast one worker decides them
-all and its CPU per task. Prints each run and the medians. Needs `dispatch stack up` first.
+The task topic has 4 partitions here (the product's default is 3) so that two workers can
+each own an equal share. Each run uses its own topics and consumer group.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
+import random
 import secrets
 import statistics
-import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
-from dispatch_cli.workload import demo_workload
+from dispatch_cli.workload import mixed_task
+from dispatch_core.decision import decision_id_for
 from dispatch_core.policy import load_policy
-from dispatch_core.settings import Settings, get_settings
+from dispatch_core.settings import Settings
+from schemas import decode
 from stack.children import ProcessGroup
 from streams.producer import TaskProducer
 from streams.topics import ensure_topics
-from workers.finance import AuditLog, pct, read_audit
+
+RATES = (100, 1000, 2000)
+TASK_PARTITIONS = 4
 
 
-#: The worker configurations compared: its defaults, then one thing changed each.
-VARIANTS: dict[str, dict[str, object]] = {
-    "exactly once (default)": {},
-    "at least once": {"processing_guarantee": "at_least_once"},
-}
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-quantile (nearest rank) of ``values``; NaN when there are none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
 
 
-async def _settings(base: Settings, variant: dict[str, object], workdir: Path) -> Settings:
-    ns = f"bench.{secrets.token_hex(4)}"
-    s = base.namespaced(ns, **{
-        "app_id": ns,
-        "metrics_port": 0, "state_dir": workdir, **variant,
-    })
-    await ensure_topics(s, load_policy(s.policy_file).executors())
-    return s
-
-
-async def one_run(base: Settings, variant: dict[str, object], tasks: int, rate: float,
-                  workdir: Path) -> tuple[list[float], list[float]]:
-    s = await _settings(base, variant, workdir)
-    ns = s.app_id
-    policy = load_policy(s.policy_file)
-    children = ProcessGroup(workdir, stop_timeout_s=20)
-    children.start(ns, s, "worker")
-    log, stop = AuditLog(), asyncio.Event()
-    reader = asyncio.create_task(read_audit(s.kafka_bootstrap, s.topic_audit, log, stop))
-    received: dict[str, tuple[datetime, datetime]] = {}
-    tail = asyncio.create_task(_receive(s, policy.executors(), received, stop))
-    try:
-        async with TaskProducer(s) as producer:
-            await producer.submit({"task_id": f"{ns}-warmup", "service": "bench", "workload": "kernel"})
-            while not log.decisions:
-                children.check()  # a worker that died on start-up fails the run instead of hanging it
-                await asyncio.sleep(0.1)
-            start = time.monotonic()
-            for i, msg in enumerate(demo_workload(tasks, ns)):
-                await producer.send_raw(msg)
-                delay = start + (i + 1) / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-        expected = 1 + sum(1 for m in demo_workload(tasks, ns) if b'"task_id"' in m)
-        deadline = time.monotonic() + 60
-        routed = lambda: sum(1 for d in log.decisions.values() if d["assigned_tier"])  # noqa: E731
-        while (len(log.decisions) < expected or len(received) < routed()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-    finally:
-        children.stop_all()
-        stop.set()
-        await reader
-        await tail
-    decided = [d for d in log.decisions.values() if d["service"] != "bench" and d["rule_id"] != "validation"]
-    created = {d["task_id"]: d for d in decided}
-    dispatch = [(at - created_at).total_seconds() * 1000 for task_id, (created_at, at) in received.items()
-                if task_id in created]
-    return [d["decision_latency_ms"] for d in decided], dispatch
-
-
-async def _receive(s: Settings, executors: list[str], out: dict[str, tuple[datetime, datetime]],
-                   stop: asyncio.Event) -> None:
-    """task id -> (created at, when a read_committed reader of its executor topic received it)."""
-    consumer = AIOKafkaConsumer(*[s.executor_topic(e) for e in executors], bootstrap_servers=s.kafka_bootstrap,
-                                group_id=None, auto_offset_reset="earliest", isolation_level="read_committed")
-    await consumer.start()
-    try:
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=100)
-            now = datetime.now(UTC)
-            for msgs in batch.values():
-                for m in msgs:
-                    body = json.loads(m.value)
-                    out.setdefault(body["task_id"], (datetime.fromisoformat(body["created_at"]), now))
-    finally:
-        await consumer.stop()
-
-
-async def saturation(base: Settings, variant: dict[str, object], tasks: int, workdir: Path) -> tuple[float, float]:
-    """(tasks/s, CPU ms per task) of one worker deciding ``tasks`` pre-loaded tasks."""
-    s = await _settings(base, variant, workdir)
-    async with TaskProducer(s) as producer:
-        for i in range(0, tasks, 1000):
-            await producer.submit_many([{"task_id": f"{s.app_id}-{j}", "service": f"svc-{j % 12}", "workload": "llm",
-                                         "tenant": f"t{j % 7}", "features": {"tokens": 200 + (j * 37) % 5000}}
-                                        for j in range(i, min(tasks, i + 1000))])
-    log, stop = AuditLog(), asyncio.Event()
-    reader = asyncio.create_task(read_audit(s.kafka_bootstrap, s.topic_audit, log, stop))
-    children = ProcessGroup(workdir, stop_timeout_s=20)
-    pid = children.start(s.app_id, s, "worker")
-    try:
-        while not log.decisions:
-            children.check()
-            await asyncio.sleep(0.05)
-        t0, cpu0 = time.monotonic(), _cpu_s(pid)
-        first = len(log.decisions)
-        while len(log.decisions) < tasks:
-            children.check()
-            await asyncio.sleep(0.05)
-        elapsed, cpu = time.monotonic() - t0, _cpu_s(pid) - cpu0
-    finally:
-        children.stop_all()
-        stop.set()
-        await reader
-    return (tasks - first) / elapsed, cpu * 1000 / (tasks - first)
-
-
-def _cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def main(runs: int, tasks: int, rate: float, saturate: int) -> None:
-    base = get_settings()
-    results: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for run in range(runs if saturate else 0):
-            for name, variant in VARIANTS.items():
-                per_s, cpu_ms = asyncio.run(saturation(base, variant, saturate, Path(tmp)))
-                results.setdefault(name, {}).setdefault("saturation", []).append((per_s, cpu_ms))
-                print(f"run {run + 1} {name:<24} saturation: {per_s:,.0f} tasks/s, {cpu_ms:.3f} ms CPU per task",
-                      flush=True)
-        for run in range(runs):
-            for loop, variant in VARIANTS.items():
-                decision, dispatch = asyncio.run(one_run(base, variant, tasks, rate, Path(tmp)))
-                r = results.setdefault(loop, {})
-                r.setdefault("decision", [])
-                r.setdefault("dispatch", [])
-                r["decision"].append((pct(decision, 0.5), pct(decision, 0.95)))
-                r["dispatch"].append((pct(dispatch, 0.5), pct(dispatch, 0.95)))
-                print(f"run {run + 1} {loop:<24} decision p50/p95 {r['decision'][-1][0]:.2f}/{r['decision'][-1][1]:.2f} ms"
-                      f"   dispatch p50/p95 {r['dispatch'][-1][0]:.1f}/{r['dispatch'][-1][1]:.1f} ms"
-                      f"   ({len(decision)} decisions)", flush=True)
-    print(f"medians over {runs} runs, {tasks} tasks at {rate:g}/s, worker on a 2-core machine with Kafka and Redis:")
-    for loop, r in results.items():
-        med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for k, v in r.items()}
-        print(f"  {loop:<24} decision p50 {med['decision'][0]:.2f} ms  p95 {med['decision'][1]:.2f} ms   "
-              f"dispatch (created -> received from executor topic) p50 {med['dispatch'][0]:.1f} ms  "
-              f"p95 {med['dispatch'][1]:.1f} ms")
-        if "saturation" in med:
-            print(f"  {'':<24} saturation {med['saturation'][0]:,.0f} tasks/s, {med['saturation'][1]:.3f} ms CPU per task")
+async def bench_settings(base: Settings, workdir: Path, **update: Any) -> Settings:
+    """A private namespace (topics, group, transactional ids) with its topics created."""
+    ns = f"bench.{secrets.token_hex(4)}"
+    s = base.namespaced(ns, app_id=ns, metrics_port=0, state_dir=workdir, task_partitions=TASK_PARTITIONS, **update)
+    await ensure_topics(s, load_policy(s.policy_file).executors())
+    return s
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--tasks", type=int, default=1500)
-    ap.add_argument("--rate", type=float, default=100.0)
-    ap.add_argument("--saturation", type=int, default=0, help="also pre-load this many tasks and time one worker")
-    args = ap.parse_args()
-    main(args.runs, args.tasks, args.rate, args.saturation)
+@dataclass
+class Arrivals:
+    """When each key first arrived on the routed (executor) topics and on the audit topic (time.time())."""
+
+    routed: dict[bytes, float] = field(default_factory=dict)
+    audit: dict[bytes, float] = field(default_factory=dict)
+    audit_values: list[bytes] = field(default_factory=list)  # decoded after the run, off the clock
+
+
+async def tail(s: Settings, executors: list[str], out: Arrivals, stop: asyncio.Event) -> None:
+    """Read the executor topics and the audit topic as executors and finance do (read_committed)."""
+    routed = {s.executor_topic(e) for e in executors}
+    consumer = AIOKafkaConsumer(*routed, s.topic_audit, bootstrap_servers=s.kafka_bootstrap, group_id=None,
+                                auto_offset_reset="earliest", isolation_level="read_committed",
+                                fetch_max_wait_ms=100)
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=50, max_records=5000)
+            now = time.time()
+            for tp, msgs in batch.items():
+                seen = out.routed if tp.topic in routed else out.audit
+                for m in msgs:
+                    if m.key is not None:
+                        seen.setdefault(m.key, now)
+                    if tp.topic == s.topic_audit and m.value is not None:
+                        out.audit_values.append(m.value)
+    finally:
+        await consumer.stop()
+
+
+def tasks_for(prefix: str, n: int, seed: int) -> list[dict[str, Any]]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        task = mixed_task(rnd, i)
+        task["task_id"] = f"{prefix}-{i}"
+        out.append(task)
+    return out
+
+
+async def paced(producer: TaskProducer, tasks: list[dict[str, Any]], rate: float) -> tuple[float, dict[str, float]]:
+    """Send ``tasks`` at ``rate`` per second without waiting on each; returns (achieved/s, sent time per id).
+
+    Each task is stamped ``created_at`` as it is handed to the producer; every send is confirmed
+    (``flush``) before the phase ends. Sends due in a tick go together (1 ms ticks).
+    """
+    sent: dict[str, float] = {}
+    start = time.monotonic()
+    i = 0
+    while i < len(tasks):
+        due = min(len(tasks), int((time.monotonic() - start) * rate) + 1)
+        while i < due:
+            t = tasks[i]
+            now = time.time()
+            t["created_at"] = datetime.fromtimestamp(now, UTC).isoformat()
+            await producer.enqueue(t)
+            sent[t["task_id"]] = now
+            i += 1
+        await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+    elapsed = time.monotonic() - start
+    await producer.flush()
+    return (len(tasks) - 1) / elapsed if elapsed > 0 and len(tasks) > 1 else float(len(tasks)), sent
+
+
+async def wait_for(done: Callable[[], bool], check: Callable[[], None], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        check()
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def latencies(sent: dict[str, float], arrived: dict[bytes, float], key: Callable[[str], bytes]) -> list[float]:
+    return [(arrived[key(tid)] - at) * 1000 for tid, at in sent.items() if key(tid) in arrived]
+
+
+def _summary(values: list[float], prefix: str) -> dict[str, float]:
+    return {f"{prefix}_p50_ms": pct(values, 0.5), f"{prefix}_p95_ms": pct(values, 0.95),
+            f"{prefix}_p99_ms": pct(values, 0.99)}
+
+
+async def _group_members(s: Settings) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    await admin.start()
+    try:
+        groups = await admin.describe_consumer_groups([s.app_id])
+        described = groups[0].groups[0] if groups and groups[0].groups else None
+        if described is None:
+            return 0
+        state, members = described[2], described[5]
+        return len(members) if state == "Stable" else 0
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(s: Settings) -> list[int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(s.topic_tasks, p) for p in sorted(consumer.partitions_for_topic(s.topic_tasks) or
+                                                                      await _partitions(consumer, s.topic_tasks))]
+        ends = await consumer.end_offsets(parts)
+        return [ends[tp] for tp in parts]
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public wait for metadata
+    return consumer.partitions_for_topic(topic) or set()
+
+
+async def _saturate(producer: TaskProducer, s: Settings, arrivals: Arrivals, pids: list[int],
+                    children: ProcessGroup, n: int, prefix: str, seed: int) -> dict[str, float]:
+    """Offer ``n`` tasks as fast as the producer goes; the workers' rate and CPU from first to last decision."""
+    tasks = tasks_for(prefix, n, seed)
+    keys = [decision_id_for(t["service"], t["task_id"]).encode() for t in tasks]
+    now = datetime.now(UTC).isoformat()
+    for t in tasks:
+        t["created_at"] = now
+    cpu0 = [cpu_s(p) for p in pids]
+    t0 = time.time()
+    await producer.submit_many(tasks)
+    sent_s = time.time() - t0
+    ok = await wait_for(lambda: all(k in arrivals.audit for k in keys), children.check, 60 + n / 200)
+    cpu = sum(cpu_s(p) for p in pids) - sum(cpu0)
+    got = [arrivals.audit[k] for k in keys if k in arrivals.audit]
+    first, last = min(got), max(got)
+    # CPU over the whole phase (incl. the wait for the first batch): per task, an upper bound
+    return {"per_s": (len(got) - 1) / (last - first) if last > first else float("nan"),
+            "cpu_ms_per_task": cpu * 1000 / max(1, len(got)), "tasks": len(got), "complete": ok,
+            "producer_s": sent_s}
+
+
+async def run_pipeline(base: Settings, workdir: Path, *, quick: bool, rates: Sequence[int] = RATES,
+                       seed: int = 11, log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Every measurement of the pipeline section (see the module docstring), as one dict."""
+    s = await bench_settings(base, workdir)
+    executors = load_policy(s.policy_file).executors()
+    seconds = 3 if quick else 15
+    saturation_n = 5_000 if quick else 30_000
+    arrivals, stop = Arrivals(), asyncio.Event()
+    reader = asyncio.create_task(tail(s, executors, arrivals, stop))
+    children = ProcessGroup(workdir, stop_timeout_s=20)
+    result: dict[str, Any] = {"task_partitions": TASK_PARTITIONS, "processing_guarantee": s.processing_guarantee,
+                              "rates": []}
+    samples: dict[str, list[float]] = {}
+    try:
+        pids = [children.start("worker-1", s.model_copy(update={"worker_id": f"{s.app_id}-1"}), "worker")]
+        async with TaskProducer(s) as producer:
+            warm = tasks_for(f"{s.app_id}-warm", 20, seed)
+            await paced(producer, warm, 20)
+            warm_keys = [decision_id_for(t["service"], t["task_id"]).encode() for t in warm]
+            if not await wait_for(lambda: all(k in arrivals.audit for k in warm_keys), children.check, 120):
+                raise RuntimeError("the worker did not decide the warm-up tasks within 120 s")
+            for rate in rates:
+                tasks = tasks_for(f"{s.app_id}-r{rate}", int(rate * seconds), seed + rate)
+                achieved, sent = await paced(producer, tasks, rate)
+                by_id = {t["task_id"]: decision_id_for(t["service"], t["task_id"]).encode() for t in tasks}
+                await wait_for(lambda: all(k in arrivals.audit for k in by_id.values()), children.check, 60)
+                await asyncio.sleep(0)  # routed copies commit in the same transactions as the events
+                routed = latencies(sent, arrivals.routed, lambda tid: tid.encode())
+                audited = latencies(sent, arrivals.audit, lambda tid: by_id[tid])
+                samples[f"{rate}/s"] = routed
+                row = {"offered_per_s": rate, "achieved_per_s": achieved, "tasks": len(tasks),
+                       "routed": len(routed), "audited": len(audited),
+                       **_summary(routed, "e2e"), **_summary(audited, "audit")}
+                result["rates"].append(row)
+                log(f"pipeline {rate:>5}/s offered, {achieved:,.0f}/s achieved: created -> routed p50/p95/p99 "
+                    f"{row['e2e_p50_ms']:.1f}/{row['e2e_p95_ms']:.1f}/{row['e2e_p99_ms']:.1f} ms, -> audit event "
+                    f"p50/p95 {row['audit_p50_ms']:.1f}/{row['audit_p95_ms']:.1f} ms")
+            one = await _saturate(producer, s, arrivals, pids, children, saturation_n, f"{s.app_id}-sat1", seed + 1)
+            log(f"pipeline saturation, 1 worker: {one['per_s']:,.0f} tasks/s, {one['cpu_ms_per_task']:.3f} ms CPU/task")
+            pids.append(children.start("worker-2", s.model_copy(update={"worker_id": f"{s.app_id}-2"}), "worker"))
+            if not await wait_for_group(s, 2, children, 90):
+                raise RuntimeError("the second worker did not join the group within 90 s")
+            two = await _saturate(producer, s, arrivals, pids, children, saturation_n, f"{s.app_id}-sat2", seed + 2)
+            log(f"pipeline saturation, 2 workers: {two['per_s']:,.0f} tasks/s, {two['cpu_ms_per_task']:.3f} ms CPU/task")
+        counts = await _partition_counts(s)
+    finally:
+        children.stop_all()
+        stop.set()
+        await reader
+    result.update({
+        "max_per_s_1_worker": one["per_s"], "cpu_ms_per_task": one["cpu_ms_per_task"],
+        "max_per_s_2_workers": two["per_s"], "cpu_ms_per_task_2_workers": two["cpu_ms_per_task"],
+        "saturation_tasks": saturation_n, "partition_counts": counts,
+        "partition_max_over_mean": max(counts) / statistics.mean(counts) if counts and any(counts) else float("nan"),
+    })
+    result["decision_in_worker"] = _worker_decision_latency(arrivals.audit_values)
+    result["samples"] = samples
+    return result
+
+
+async def wait_for_group(s: Settings, members: int, children: ProcessGroup, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        children.check()
+        if await _group_members(s) >= members:
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+def _worker_decision_latency(values: list[bytes]) -> dict[str, float]:
+    """The decision time the worker recorded (its batch's time in the dispatcher), over the rate phases."""
+    ms = []
+    for v in values:
+        try:
+            schema, record = decode(v)
+        except Exception:  # noqa: BLE001 - a registry-framed or foreign event: not ours to time
+            continue
+        if schema.name == "decision" and "-r" in record["task_id"]:
+            ms.append(record["decision_latency_ms"])
+    return {"p50_ms": pct(ms, 0.5), "p95_ms": pct(ms, 0.95), "p99_ms": pct(ms, 0.99), "n": len(ms)}
+
+
+def as_json(result: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2)

@@ -48,6 +48,11 @@ def _kernel(rnd: random.Random, i: int) -> dict[str, Any]:
     return task
 
 
+def mixed_task(rnd: random.Random, i: int) -> dict[str, Any]:
+    """One valid task of the three services in the workload's proportions (no id, no timestamp)."""
+    return rnd.choices([_llm, _script, _kernel], [45, 30, 25])[0](rnd, i)
+
+
 def demo_workload(n: int, run_id: str, seed: int = 7) -> Iterator[bytes]:
     """``n`` task messages as JSON bytes, about 1% of them invalid."""
     rnd = random.Random(seed)
@@ -56,8 +61,7 @@ def demo_workload(n: int, run_id: str, seed: int = 7) -> Iterator[bytes]:
             yield (b"{this is not json" if i % 2 else json.dumps(
                 {"task_id": f"{run_id}-{i}", "service": "llm-gateway", "workload": "quantum"}).encode())
             continue
-        make = rnd.choices([_llm, _script, _kernel], [45, 30, 25])[0]
-        task = make(rnd, i)
+        task = mixed_task(rnd, i)
         task["task_id"] = f"{run_id}-{i}"
         task["created_at"] = datetime.now(UTC).isoformat()
         yield json.dumps(task).encode()
