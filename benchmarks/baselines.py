@@ -21,7 +21,7 @@ key (the task id). The three:
 
 ``run_baselines`` times each one as a child process on topics of its own, from its first
 output to its last, with its CPU (user + system) read from ``/proc`` as
-``benchmarks.pipeline.saturation`` does; then checks that every input got exactly one routed
+``benchmarks.pipeline.saturation`` does (to the nanosecond: see ``cpu_s``); then checks that every input got exactly one routed
 and one audit record (read ``read_committed``), and deletes the topics it created.
 """
 
@@ -37,19 +37,20 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.producer import sender as aiokafka_sender
+from aiokafka.structs import ConsumerRecord
 
-from benchmarks.pipeline import _cpu_s
 from dispatch_core.errors import DispatchError
 from dispatch_core.settings import Settings, get_settings
 from stack.children import ProcessGroup
 from stack.kafka import quiet_aiokafka
+from stack.process import tail
 from streams.producer import idempotent_producer
 from streams.topics import TopicSpec, admin_client, create_topics
 
@@ -68,6 +69,21 @@ class BaselineFailed(DispatchError):
 
 
 # --- the parent: pre-load, run, time, check ------------------------------------------------------
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc: the same quantity as
+    ``benchmarks.pipeline._cpu_s`` (utime + stime of /proc/<pid>/stat), but to the nanosecond
+    (the sum of its threads' /proc/<pid>/task/*/schedstat) instead of to the clock tick (10 ms),
+    so that a short run is measured too. Threads that exit meanwhile are not counted (no baseline
+    starts and ends threads while it works)."""
+    ns = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            ns += int((task / "schedstat").read_text().split()[0])
+        except FileNotFoundError:  # the thread just ended
+            pass
+    return ns / 1e9
 
 
 def baseline_settings(base: Settings, workdir: Path) -> Settings:
@@ -238,16 +254,15 @@ async def saturate(s: Settings, name: str, *, tasks: int, workdir: Path) -> dict
         try:
             started = time.monotonic()
             pid = children.start(s.app_id, s, name, module=MODULE)
-            done = 0
             while True:
-                cpu0 = _cpu_s(pid)  # read before the progress: if that shows nothing yet, cpu0 precedes every output
+                children.check()  # a child that exited fails the run with the end of its log
+                cpu0 = cpu_s(pid)  # read before the progress: if that shows nothing yet, cpu0 precedes every output
                 done = await progress.done()
                 if done:
                     break
-                children.check()
                 if time.monotonic() - started > START_TIMEOUT_S:
-                    raise BaselineFailed(f"{name} wrote nothing in {START_TIMEOUT_S:.0f} s; its log: "
-                                         f"{children.log(s.app_id)}")
+                    raise BaselineFailed(f"{name} wrote nothing in {START_TIMEOUT_S:.0f} s; the end of its log:\n"
+                                         f"{tail(children.log(s.app_id))}")
                 await asyncio.sleep(POLL_S)
             first = time.monotonic() - started
             moved = time.monotonic()
@@ -258,11 +273,9 @@ async def saturate(s: Settings, name: str, *, tasks: int, workdir: Path) -> dict
                 if now != done:
                     done, moved = now, time.monotonic()
                 elif time.monotonic() - moved > STALL_TIMEOUT_S:
-                    raise BaselineFailed(f"{name} stalled at {done}/{tasks} tasks; its log: {children.log(s.app_id)}")
-            cpu = _cpu_s(pid) - cpu0
-        except BaseException:
-            print(children.logs(), file=sys.stderr)
-            raise
+                    raise BaselineFailed(f"{name} stalled at {done}/{tasks} tasks; the end of its log:\n"
+                                         f"{tail(children.log(s.app_id))}")
+            cpu = cpu_s(pid) - cpu0
         finally:
             stopping = time.monotonic()
             children.stop_all()
@@ -320,7 +333,7 @@ def _consumer(s: Settings, **kwargs: Any) -> AIOKafkaConsumer:
 
 
 async def _batches(consumer: AIOKafkaConsumer, s: Settings,
-                   stop: asyncio.Event) -> Any:
+                   stop: asyncio.Event) -> AsyncIterator[dict[TopicPartition, list[ConsumerRecord]]]:
     while not stop.is_set():
         batch = await consumer.getmany(timeout_ms=100, max_records=s.batch_size)
         if batch:
@@ -353,7 +366,7 @@ async def aiokafka_loop(s: Settings) -> None:
         await producer.stop()
 
 
-class _Transactional(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Transactional(ConsumerRebalanceListener):
     """One transactional producer per assigned input partition, started (fencing the partition's
     last owner) before the partition is read, as ``streams.outputs.KafkaOutputs`` does."""
 
@@ -374,7 +387,7 @@ class _Transactional(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await asyncio.gather(*(p.stop() for tp in revoked if (p := self.producers.pop(tp, None)) is not None))
 
-    async def write(self, tp: TopicPartition, msgs: list[Any], routed: str, audit: str) -> None:
+    async def write(self, tp: TopicPartition, msgs: list[ConsumerRecord], routed: str, audit: str) -> None:
         producer = self.producers[tp]
         await producer.begin_transaction()
         sent = []
@@ -441,12 +454,12 @@ def faust_passthrough(s: Settings) -> None:
                 sent.append(await p.send(audit, _audit_value(m.partition, m.offset), key=m.key))
             await asyncio.gather(*sent)
 
-    @app.on_before_shutdown.connect  # type: ignore[untyped-decorator]
-    async def close(sender: Any, *args: Any, **kwargs: Any) -> None:
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode types receivers as sync
+    async def close(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         for p in producers:
             await p.stop()
 
-    class Worker(faust.Worker):  # type: ignore[misc]
+    class Worker(faust.Worker):
         """Without the terminal spinner (it sets the root logger to DEBUG), as ``dispatch worker``."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
