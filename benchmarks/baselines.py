@@ -21,8 +21,9 @@ key (the task id). The three:
 
 ``run_baselines`` times each one as a child process on topics of its own, from its first
 output to its last, with its CPU (user + system) read from ``/proc`` as
-``benchmarks.pipeline.saturation`` does (to the nanosecond: see ``cpu_s``); then checks that every input got exactly one routed
-and one audit record (read ``read_committed``), and deletes the topics it created.
+``benchmarks.pipeline.saturation`` does (but to the nanosecond: see ``cpu_s``); then checks
+that every input got exactly one routed and one audit record (read ``read_committed``), and
+deletes the topics it created.
 """
 
 from __future__ import annotations
