@@ -35,11 +35,11 @@ class ProcessGroup:
         self.pids: dict[str, int] = {}  # the children still to stop
         self._started: dict[str, None] = {}  # every name ever started, in order (their logs)
 
-    def start(self, name: str, settings: Settings, *args: str) -> int:
-        """Run ``dispatch <args>`` configured by ``settings``; returns its PID."""
+    def start(self, name: str, settings: Settings, *args: str, module: str = "dispatch_cli.main") -> int:
+        """Run ``dispatch <args>`` (or ``python -m <module> <args>``) configured by ``settings``; returns its PID."""
         if name in self.pids:
             raise ValueError(f"a child named {name!r} is already running in this group")
-        argv = [sys.executable, "-m", "dispatch_cli.main", *args]
+        argv = [sys.executable, "-m", module, *args]
         env = {**os.environ, **settings.as_env()}
         pid = process.spawn(argv, log_file=self.log(name), pid_file=self.run_dir / f"{name}.pid", cwd=self.cwd,
                             env=env)
