@@ -152,15 +152,21 @@ def actual_cost(tier: Tier, task: Task) -> Decimal:
     return quantize(estimate(tier, task) * Decimal(str(task.payload["cost_ratio"])))
 
 
+def policy_data(run: str) -> dict[str, Any]:
+    """The default policy as data, its executors renamed for ``run`` so that its load reports are its own."""
+    data = load_policy().model_dump(mode="json")
+    for cls in data["classes"].values():
+        for tier in cls["tiers"]:
+            tier["executor"] = f"{tier['executor']}.{run}"
+    return data
+
+
 def bench_policies(n: int, run: str) -> tuple[Policy, Policy]:
     """The day's policy and the one after the noon cut: the default's classes and triggers, the bench's budgets.
 
     Budget ids and executor names carry ``run``, so the ledger keys and load reports are this run's own.
     """
-    data = load_policy().model_dump(mode="json")
-    for cls in data["classes"].values():
-        for tier in cls["tiers"]:
-            tier["executor"] = f"{tier['executor']}.{run}"
+    data = policy_data(run)
 
     def with_budgets(global_factor: Decimal) -> Policy:
         budgets = []
@@ -173,7 +179,7 @@ def bench_policies(n: int, run: str) -> tuple[Policy, Policy]:
     return with_budgets(Decimal(1)), with_budgets(CUT)
 
 
-class _Enforced(PolicyStore):
+class EnforcedStore(PolicyStore):
     """Every bench service enforced under the bench policy, whatever rollout this Redis holds."""
 
     async def rollout(self) -> Rollout:
@@ -251,7 +257,7 @@ async def decide_day(settings: Settings, *, n: int, seed: int) -> Day:
     cut_at = day + timedelta(hours=CUT_HOUR)
     ledger = RedisLedger.from_url(settings.redis_url, timeout_s=max(settings.redis_timeout_s, 2.0))
     now = [day]
-    dispatcher = Dispatcher(ledger, _Enforced(ledger.redis), morning, clock=lambda: now[0],
+    dispatcher = Dispatcher(ledger, EnforcedStore(ledger.redis), morning, clock=lambda: now[0],
                             reservation_ttl_s=settings.reservation_ttl_s)
     decisions: list[Decision] = []
     actual: dict[str, Decimal] = {}
