@@ -301,7 +301,8 @@ async def run_savings(settings: Settings, *, quick: bool, seed: int = 7) -> dict
     morning, after_cut = day.policies
     out = summarise(day.tasks, day.decisions, day.actual, morning)
     out.update(
-        overshoot=float(from_micros(day.overshoot)), ledger_spent=float(day.ledger_spent), seed=seed, quick=quick,
+        overshoot=float(from_micros(day.overshoot)), ledger_spent=float(day.ledger_spent), currency=morning.currency,
+        seed=seed, quick=quick,
         elapsed_s=round(day.elapsed_s, 2), policy_versions=[morning.version, after_cut.version], cut_at=f"{CUT_HOUR:02d}:00",
         budgets={b.id.rsplit(".", 1)[0]: {"window": b.window, "limit": float(b.limit), "after_cut": float(c.limit)}
                  for b, c in zip(morning.budgets, after_cut.budgets, strict=True)})
