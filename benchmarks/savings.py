@@ -67,6 +67,7 @@ CUT_HOUR, CUT = 12, Decimal("0.7")
 RPM = {"llm-small": 600, "llm-medium": 30, "llm-large": 10}
 BATCH, BATCH_WINDOW_S = 50, 5.0  # a batch: up to 50 tasks that arrived within 5 s (simulated)
 TIMELINE_POINTS = 2000
+QUICK_TASKS, FULL_TASKS = 3_000, 20_000
 EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
 
 
@@ -296,14 +297,14 @@ async def decide_day(settings: Settings, *, n: int, seed: int) -> Day:
 
 
 async def run_savings(settings: Settings, *, quick: bool, seed: int = 7) -> dict[str, Any]:
-    """The savings of (c) against (a) and (b) over a seeded day: 3,000 tasks quick, 20,000 full."""
-    day = await decide_day(settings, n=3_000 if quick else 20_000, seed=seed)
+    """The savings of (c) against (a) and (b) over a seeded day of QUICK_TASKS or FULL_TASKS tasks."""
+    day = await decide_day(settings, n=QUICK_TASKS if quick else FULL_TASKS, seed=seed)
     morning, after_cut = day.policies
     out = summarise(day.tasks, day.decisions, day.actual, morning)
     out.update(
         overshoot=float(from_micros(day.overshoot)), ledger_spent=float(day.ledger_spent), currency=morning.currency,
-        seed=seed, quick=quick,
-        elapsed_s=round(day.elapsed_s, 2), policy_versions=[morning.version, after_cut.version], cut_at=f"{CUT_HOUR:02d}:00",
+        seed=seed, quick=quick, elapsed_s=round(day.elapsed_s, 2), cut_at=f"{CUT_HOUR:02d}:00 UTC",
+        policy_versions=[morning.version, after_cut.version],
         budgets={b.id.rsplit(".", 1)[0]: {"window": b.window, "limit": float(b.limit), "after_cut": float(c.limit)}
                  for b, c in zip(morning.budgets, after_cut.budgets, strict=True)})
     return out
@@ -393,13 +394,13 @@ def summarise(tasks: Sequence[Task], decisions: Sequence[Decision], actual: dict
     }
 
 
-def timeline(decisions: Sequence[Decision], points: int = TIMELINE_POINTS) -> list[dict[str, Any]]:
-    """Global committed spend against the global cap, as each decision left it; at most ``points`` points.
+def timeline(decisions: Sequence[Decision], points: int | None = None) -> list[dict[str, Any]]:
+    """Global committed spend against the global cap, as each decision left it; at most ``points`` (TIMELINE_POINTS).
 
     A point stands for a run of consecutive decisions: its last one's spend and cap, and whether any
     of them was downgraded.
     """
-    step = max(1, math.ceil(len(decisions) / points))
+    step = max(1, math.ceil(len(decisions) / (points or TIMELINE_POINTS)))
     out = []
     for start in range(0, len(decisions), step):
         chunk = decisions[start:start + step]
