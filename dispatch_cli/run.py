@@ -102,7 +102,7 @@ def submit(
 
     with quiet_aiokafka():  # a refused connection is our one error line, not aiokafka's log too
         run(send())
-    print(json.dumps({"submitted": len(records), "task_ids": [t.task_id for t, _ in records]}))
+    print(json.dumps({"submitted": len(records), "task_ids": [task_id for task_id, _ in records]}))
 
 
 #: ``dispatch submit --file`` lists this many invalid lines, then counts the rest.

@@ -37,7 +37,8 @@ def test_the_spliced_created_at_counts_against_the_size_limit():
 def test_records_from_lines_skips_blank_lines_and_numbers_invalid_ones_from_1():
     lines = [json.dumps(TASK).encode(), b"", b"   ", b'{"task_id": "x"}', b"[1]", json.dumps({**TASK, "task_id": "t-2"}).encode()]
     records, invalid = records_from_lines(lines)
-    assert [t.task_id for t, _ in records] == ["t-1", "t-2"]
+    assert [task_id for task_id, _ in records] == ["t-1", "t-2"]
+    assert records[0][1].startswith(b'{"created_at":"')
     assert [(n, e.reason) for n, e in invalid] == [(4, "invalid"), (5, "not_object")]
     assert records_from_lines([b""], skip_blank=False)[1][0][1].reason == "not_json"
 
