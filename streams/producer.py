@@ -299,20 +299,25 @@ class TaskProducer:
         partition_of, batches = self._partitioner, dict[int, BatchBuilder]()
         sent: list[asyncio.Future[Any]] = []
         count = 0
-        for task_id, value in records:
-            key = task_id.encode()
-            p = partition_of(key, partitions, partitions)
-            batch = batches.get(p)
-            if batch is None:
-                batch = batches[p] = producer.create_batch()
-            if batch.append(timestamp=None, key=key, value=value) is None:  # full (and now closed): send it
+        try:
+            for task_id, value in records:
+                key = task_id.encode()
+                p = partition_of(key, partitions, partitions)
+                batch = batches.get(p)
+                if batch is None:
+                    batch = batches[p] = producer.create_batch()
+                if batch.append(timestamp=None, key=key, value=value) is None:  # full (and now closed): send it
+                    sent.append(await producer.send_batch(batch, topic, partition=p))
+                    batch = batches[p] = producer.create_batch()
+                    batch.append(timestamp=None, key=key, value=value)  # a batch always takes its first record
+                count += 1
+            for p, batch in batches.items():
+                batch.close()  # closed: sent at once, no linger, and nothing else joins it
                 sent.append(await producer.send_batch(batch, topic, partition=p))
-                batch = batches[p] = producer.create_batch()
-                batch.append(timestamp=None, key=key, value=value)  # a batch always takes its first record
-            count += 1
-        for p, batch in batches.items():
-            batch.close()  # closed: sent at once, no linger, and nothing else joins it
-            sent.append(await producer.send_batch(batch, topic, partition=p))
+        except BaseException:  # the batches already handed over are the producer's now; their outcome is not ours
+            for fut in sent:
+                fut.add_done_callback(_outcome_ignored)
+            raise
         await _confirmed(sent)
         return count
 
@@ -332,3 +337,8 @@ async def _confirmed(futures: list[asyncio.Future[Any]]) -> None:
             failure = failure or exc
     if failure is not None:
         raise failure
+
+
+def _outcome_ignored(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved: no "exception was never retrieved" warning

@@ -54,3 +54,10 @@ def test_a_task_from_a_dict_round_trips_through_its_json():
 
     task, value = asyncio.run(record())
     assert parse_task(value) == task
+
+
+def test_a_line_separator_inside_a_json_string_does_not_split_a_task():
+    """Lines are split on bytes, on \\n and \\r only: U+2028 and NEL are valid raw inside JSON strings."""
+    data = json.dumps({**TASK, "payload": "one\u2028two\x85three"}, ensure_ascii=False).encode() + b"\n"
+    records, invalid = records_from_lines(data.splitlines())
+    assert invalid == [] and json.loads(records[0][1])["payload"] == "one\u2028two\x85three"
