@@ -43,7 +43,8 @@ class Input:
 
 
 def valid_task(task: dict[str, Any]) -> Input:
-    return Input(key=task["service"].encode(), task=task, decision_id=decision_id_for(task["service"], task["task_id"]))
+    # keyed by task id, as TaskProducer keys tasks (a conflict reuses the key: same partition, after it)
+    return Input(key=task["task_id"].encode(), task=task, decision_id=decision_id_for(task["service"], task["task_id"]))
 
 
 def mixed(n: int, prefix: str, *, seed: int = 7, services: int = 4) -> list[Input]:
@@ -87,12 +88,12 @@ def poison(kind: str, k: int, prefix: str, *, max_task_bytes: int, reuse: Input 
         return Input(key=None, raw=b"[" * 100_000, dead_letter=kind)
     if kind == "too_large":
         body = {"task_id": tag, "service": "big", "workload": "llm", "payload": "y" * max_task_bytes}
-        return Input(key=b"big", raw=json.dumps(body).encode(), dead_letter=kind)
+        return Input(key=tag.encode(), raw=json.dumps(body).encode(), dead_letter=kind)
     if kind == "not_json":
         return Input(key=None, raw=b'{"task_id": "' + tag.encode() + b'", not json', dead_letter=kind)
     if kind == "invalid":
         body = {"task_id": tag, "service": "aegis", "workload": "quantum"}
-        return Input(key=b"aegis", raw=json.dumps(body).encode(), dead_letter=kind,
+        return Input(key=tag.encode(), raw=json.dumps(body).encode(), dead_letter=kind,
                      decision_id=invalid_decision_id("aegis", tag))
     if kind == "conflict":
         assert reuse is not None and reuse.task is not None, "a conflict reuses an earlier valid task's id"

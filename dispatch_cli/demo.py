@@ -26,6 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dispatch_core.decision import decision_id_for
+from dispatch_core.errors import TaskError
 from dispatch_core.ledger import RedisLedger
 from dispatch_core.money import from_micros
 from dispatch_core.policy import Policy, load_policy, parse_policy
@@ -151,7 +152,10 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
                 pub = progress.add_task("published", total=tasks)
                 dec = progress.add_task("decided", total=tasks)
                 for i, msg in enumerate(demo_workload(tasks, run_id)):
-                    await producer.send_raw(msg)
+                    try:
+                        await producer.enqueue(msg)  # validated, keyed by its task id, not awaited
+                    except TaskError as exc:  # broken on purpose: sent as it is (keyed by its task id if readable)
+                        await producer.enqueue_raw(msg, key=exc.task_id.encode() if exc.task_id else None)
                     expected += b'"task_id"' in msg
                     delay = started + (i + 1) / rate - time.monotonic()
                     if delay > 0:

@@ -65,41 +65,45 @@ def submit(
     task: Annotated[str | None, typer.Argument(help="one task as JSON")] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="JSON-lines file of tasks ('-' for stdin)")] = None,
 ) -> None:
-    """Validate and publish tasks to the task topic. Nothing is sent if any task is invalid."""
+    """Validate and publish tasks to the task topic. Nothing is sent if any task is invalid; success is
+    reported only once the broker has acknowledged every task."""
     from aiokafka.errors import KafkaError
 
-    from dispatch_core.task import parse_task
+    from dispatch_core.task import InputLimits
     from stack.kafka import quiet_aiokafka
-    from streams.producer import TaskProducer
+    from streams.producer import TaskProducer, records_from_lines
     from streams.topics import kafka_error
 
     if (task is None) == (file is None):
         fail("give one task as JSON, or --file")
     if task is not None:
-        lines = [(1, task)]
+        lines = [task.encode()]
     else:
         try:
-            text = sys.stdin.read() if str(file) == "-" else Path(file).read_text()  # type: ignore[arg-type]
-        except (OSError, UnicodeDecodeError) as exc:
-            fail(f"cannot read --file {file}: {getattr(exc, 'strerror', None) or exc}")
-        lines = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
-    tasks, problems = [], []
-    for lineno, line in lines:
-        try:
-            tasks.append(parse_task(line))
-        except DispatchError as exc:
-            problems.append(f"line {lineno}: {exc}")
-    if problems:
+            data = sys.stdin.buffer.read() if str(file) == "-" else Path(file).read_bytes()  # type: ignore[arg-type]
+        except OSError as exc:
+            fail(f"cannot read --file {file}: {exc.strerror or exc}")
+        lines = data.splitlines()
+    settings = get_settings()
+    records, invalid = records_from_lines(lines, InputLimits(settings.max_task_bytes, settings.max_task_depth),
+                                          skip_blank=task is None)
+    if invalid:
+        problems = [f"line {lineno}: {exc}" for lineno, exc in invalid[:MAX_PROBLEMS_SHOWN]]
+        if len(invalid) > MAX_PROBLEMS_SHOWN:
+            problems.append(f"... and {len(invalid) - MAX_PROBLEMS_SHOWN} more invalid lines")
         fail("nothing sent: invalid tasks", "\n".join(problems))
 
     async def send() -> None:
-        settings = get_settings()
         try:
             async with TaskProducer(settings) as producer:
-                await producer.submit_many(tasks)
+                await producer.submit_records(records)
         except KafkaError as exc:
             raise kafka_error(settings, exc) from exc
 
     with quiet_aiokafka():  # a refused connection is our one error line, not aiokafka's log too
         run(send())
-    print(json.dumps({"submitted": len(tasks), "task_ids": [t.task_id for t in tasks]}))
+    print(json.dumps({"submitted": len(records), "task_ids": [task_id for task_id, _ in records]}))
+
+
+#: ``dispatch submit --file`` lists this many invalid lines, then counts the rest.
+MAX_PROBLEMS_SHOWN = 20

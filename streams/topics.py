@@ -46,7 +46,7 @@ def topic_specs(settings: Settings, executors: Iterable[str]) -> list[TopicSpec]
     """The full topic set for a policy whose tiers route to ``executors``."""
     rf = settings.topic_replication_factor
     return [
-        TopicSpec(settings.topic_tasks, settings.task_partitions, rf, "incoming tasks, keyed by service"),
+        TopicSpec(settings.topic_tasks, settings.task_partitions, rf, "incoming tasks, keyed by task id"),
         *(
             TopicSpec(settings.executor_topic(name), settings.executor_partitions, rf, f"tasks routed to {name}")
             for name in dict.fromkeys(executors)  # de-duplicated, order kept

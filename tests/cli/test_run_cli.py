@@ -40,3 +40,27 @@ def test_an_unreachable_kafka_is_one_error_line(refusing_port, monkeypatch, fres
     assert res.exit_code == 1
     assert res.output.splitlines() == [
         f"error: cannot reach Kafka at 127.0.0.1:{refusing_port} (`dispatch stack up` starts a local one)"]
+
+
+def test_a_line_that_is_not_utf8_is_named_by_its_number(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_bytes(TASK.encode() + b"\n" + b'{"task_id": "\xff"}' + b"\n")
+    res = runner.invoke(app, ["submit", "--file", str(tasks)])
+    assert res.exit_code == 1
+    assert res.output.splitlines()[1].startswith("line 2: task is not UTF-8")
+
+
+def test_many_invalid_lines_list_the_first_20_and_count_the_rest(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("\n".join([TASK] + ['{"task_id": "x"}'] * 25) + "\n")
+    res = runner.invoke(app, ["submit", "--file", str(tasks)])
+    assert res.exit_code == 1
+    lines = res.output.splitlines()
+    assert lines[0] == "error: nothing sent: invalid tasks"
+    assert [ln.split(":")[0] for ln in lines[1:21]] == [f"line {n}" for n in range(2, 22)]
+    assert lines[21:] == ["... and 5 more invalid lines"]
+
+
+def test_a_blank_task_argument_is_refused():
+    res = runner.invoke(app, ["submit", " "])
+    assert res.exit_code == 1 and res.output.splitlines()[1].startswith("line 1: task is not valid JSON")
