@@ -238,7 +238,13 @@ class KafkaOutputs:
                     await producer.begin_transaction()
                 sent = [await producer.send(o.topic, key=o.key, value=o.value, headers=o.headers,
                                             partition=o.partition) for o in linked]
-                written = await asyncio.gather(*sent)
+                if self.transactional and offsets:
+                    # the offsets join the transaction while its records are still in flight: the
+                    # broker commits both at once either way, and this saves one round trip per batch
+                    written, _ = await asyncio.gather(
+                        asyncio.gather(*sent), producer.send_offsets_to_transaction(offsets, self.group_id))
+                else:
+                    written = await asyncio.gather(*sent)
                 last = max((i for i, o in enumerate(outs) if o.chained), default=None)
                 if last is not None and self._checkpoint_due(source):
                     cp = Checkpoint.of(head.chain, head.seq, head.hash, written[last].offset, self._key)
@@ -246,8 +252,6 @@ class KafkaOutputs:
                                                value=cp.encode()))
                     checkpointed = True
                 if self.transactional:
-                    if offsets:
-                        await producer.send_offsets_to_transaction(offsets, self.group_id)
                     await producer.commit_transaction()
                 elif offsets and self._commit is not None:
                     await self._commit(offsets)
