@@ -2,6 +2,7 @@
 # (redis-server/Java/Maven via apt, the .venv with the project installed), then runs.
 #   make demo   - the demo on a real local Kafka + Redis stack
 #   make test   - the whole test suite (starts its own stack, stops it afterwards)
+#   make bench  - `dispatch bench`: latency, throughput, producer rate, savings (JSON + PNG)
 
 PYTHON ?= python3.11
 VENV   := .venv
@@ -13,10 +14,13 @@ APT    := $(if $(shell command -v redis-server),,redis-server) \
           $(if $(shell command -v kcat),,kcat) \
           $(if $(shell command -v chromium),,chromium)
 
-.PHONY: demo test setup system-deps
+.PHONY: demo test bench setup system-deps
 
 demo: setup
 	$(VENV)/bin/dispatch demo
+
+bench: setup
+	$(VENV)/bin/dispatch bench $(BENCH_ARGS)
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 test: setup

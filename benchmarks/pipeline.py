@@ -205,12 +205,16 @@ async def _saturate(producer: TaskProducer, s: Settings, arrivals: Arrivals, pid
 
 
 async def run_pipeline(base: Settings, workdir: Path, *, quick: bool, rates: Sequence[int] = RATES,
-                       seed: int = 11, log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """Every measurement of the pipeline section (see the module docstring), as one dict."""
+                       seconds: float | None = None, saturation_n: int | None = None, seed: int = 11,
+                       log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Every measurement of the pipeline section (see the module docstring), as one dict.
+
+    Each offered rate runs ``seconds`` (3 quick, 15 full); saturation offers ``saturation_n`` tasks.
+    """
     s = await bench_settings(base, workdir)
     executors = load_policy(s.policy_file).executors()
-    seconds = 3 if quick else 15
-    saturation_n = 5_000 if quick else 30_000
+    seconds = seconds or (3 if quick else 15)
+    saturation_n = saturation_n or (5_000 if quick else 30_000)
     arrivals, stop = Arrivals(), asyncio.Event()
     reader = asyncio.create_task(tail(s, executors, arrivals, stop))
     children = ProcessGroup(workdir, stop_timeout_s=20)

@@ -13,6 +13,7 @@ from streams.kafka_client import harden_aiokafka
 
 from . import run as run_cmds
 from . import stack, topics
+from .bench import bench
 from .chaos import chaos
 from .audit import audit_app
 from .dlq import dlq_app
@@ -34,6 +35,7 @@ app.command()(run_cmds.worker)
 app.command()(run_cmds.executor)
 app.command()(run_cmds.submit)
 app.command()(chaos)
+app.command()(bench)
 
 
 @app.callback()
