@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     session_timeout_s: float = 10.0  # how long the group waits for a silent worker before moving its partitions
     metrics_port: int = 9464
     batch_size: int = 200
-    batch_within_s: float = 0.005
+    batch_within_s: float = 0.01  # at saturation Faust fills ~120 per batch in 10 ms (5 ms: ~45; measured: +60-80% tasks/s)
     commit_interval_s: float = 0.5  # how often Faust commits offsets it tracks (the load topic)
     # exactly_once: each batch's outputs and input offsets in one Kafka transaction (readers use
     # read_committed); at_least_once: offsets committed right after the outputs are acknowledged
