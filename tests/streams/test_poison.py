@@ -60,10 +60,13 @@ async def test_every_poison_input_is_dead_lettered_with_its_reason_and_valid_tas
     }
     for name, body in files.items():
         (tmp_path / name).write_bytes(body)
-    await kcat(s, str(tmp_path / "valid-1"))
+    # keyed by task id, as producers key tasks: the conflict lands behind v1 on v1's partition
+    await kcat(s, "-k", "v1", str(tmp_path / "valid-1"))
     await kcat(s, "-Z", "-K:", stdin=b"tomb:\n")  # a key and a null value: a tombstone
-    for name in ("deep", "binary", "emoji", "oversize", "nan", "near-limit", "conflict", "valid-2"):
+    for name in ("deep", "binary", "emoji", "oversize", "nan", "near-limit"):
         await kcat(s, str(tmp_path / name))  # one file = one message, byte for byte
+    await kcat(s, "-k", "v1", str(tmp_path / "conflict"))
+    await kcat(s, str(tmp_path / "valid-2"))
 
     dlq = await consume(s, [s.topic_dlq], lambda rs: len(rs) >= 7, timeout_s=90, settle_s=1.0)
     letters = {d.reason: d for d in (DeadLetter.from_record(r.key, r.value, list(r.headers)) for r in dlq)}
