@@ -74,7 +74,7 @@ async def dispatch_run(redis_url: str, policy: Policy, n: int, seed: int) -> tup
     """(per-call ms, per-task ms in batches, calls/s, tasks/s in batches, triggers fired) on a flushed bench DB."""
     ledger = RedisLedger.from_url(redis_url)
     try:
-        await ledger.redis.flushdb()
+        await ledger.redis.flushdb(asynchronous=True)  # FLUSHDB ASYNC: instant however many keys a bench left
         d = Dispatcher(ledger, PolicyStore(ledger.redis), policy, snapshot_max_age_s=0.25)
         await d.start()
         await d.report_load("llm-large", 0.95, datetime.now(UTC))  # the load trigger's case
@@ -98,7 +98,7 @@ async def dispatch_run(redis_url: str, policy: Policy, n: int, seed: int) -> tup
                 fired.update(tr.value for tr in decision.triggers)
             batched.append((time.perf_counter() - t0) * 1000 / len(chunk))
         batch_per_s = len(rest) / (time.perf_counter() - start)
-        await ledger.redis.flushdb()
+        await ledger.redis.flushdb(asynchronous=True)  # FLUSHDB ASYNC: instant however many keys a bench left
         return single, batched, single_per_s, batch_per_s, fired
     finally:
         await ledger.close()
