@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 
 from dispatch_core.policy import Window
 
@@ -26,9 +25,19 @@ class WindowSpan:
         return min(1.0, max(0.0, (now - self.start).total_seconds() / total))
 
 
-@lru_cache(maxsize=256)  # a batch decides all its tasks at one ``now``: each window is computed once
+_LAST: dict[str, WindowSpan] = {}  # the window of each kind last asked for: nearly every call asks for it again
+
+
 def window_at(kind: Window, now: datetime) -> WindowSpan:
     """The window of ``kind`` that contains ``now`` (which must be timezone-aware)."""
+    last = _LAST.get(kind)
+    if last is not None and last.start <= now < last.end:
+        return last
+    _LAST[kind] = span = _window(kind, now)
+    return span
+
+
+def _window(kind: Window, now: datetime) -> WindowSpan:
     now = now.astimezone(UTC)
     if kind == "minute":
         start = now.replace(second=0, microsecond=0)
