@@ -29,7 +29,7 @@ from dispatch_core.ledger import RedisLedger
 from dispatch_core.policy import DEFAULT_POLICY_PATH, Policy, load_policy
 from dispatch_core.policy_store import PolicyStore
 from dispatch_core.task import Task
-from benchmarks.pipeline import pct
+from workers.finance import pct
 
 
 def mixed_tasks(n: int, seed: int, prefix: str) -> list[Task]:

@@ -17,8 +17,6 @@ each own an equal share. Each run uses its own topics and consumer group.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
 import secrets
 import statistics
@@ -29,9 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from benchmarks.baselines import cpu_s, input_partitions
 from dispatch_cli.workload import mixed_task
 from dispatch_core.decision import decision_id_for
 from dispatch_core.policy import load_policy
@@ -40,29 +39,21 @@ from schemas import decode
 from stack.children import ProcessGroup
 from streams.producer import TaskProducer
 from streams.topics import ensure_topics
+from workers.finance import pct
 
 RATES = (100, 1000, 2000)
 TASK_PARTITIONS = 4
 
 
-def pct(values: Sequence[float], q: float) -> float:
-    """The q-quantile (nearest rank) of ``values``; NaN when there are none."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+def quantile(values: list[float], q: float) -> float:
+    """``workers.finance.pct``, but NaN for no samples (a missing latency is not 0 ms)."""
+    return pct(values, q) if values else float("nan")
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def bench_settings(base: Settings, workdir: Path, **update: Any) -> Settings:
+async def bench_settings(base: Settings, workdir: Path) -> Settings:
     """A private namespace (topics, group, transactional ids) with its topics created."""
     ns = f"bench.{secrets.token_hex(4)}"
-    s = base.namespaced(ns, app_id=ns, metrics_port=0, state_dir=workdir, task_partitions=TASK_PARTITIONS, **update)
+    s = base.namespaced(ns, app_id=ns, metrics_port=0, state_dir=workdir, task_partitions=TASK_PARTITIONS)
     await ensure_topics(s, load_policy(s.policy_file).executors())
     return s
 
@@ -147,8 +138,8 @@ def latencies(sent: dict[str, float], arrived: dict[bytes, float], key: Callable
 
 
 def _summary(values: list[float], prefix: str) -> dict[str, float]:
-    return {f"{prefix}_p50_ms": pct(values, 0.5), f"{prefix}_p95_ms": pct(values, 0.95),
-            f"{prefix}_p99_ms": pct(values, 0.99)}
+    return {f"{prefix}_p50_ms": quantile(values, 0.5), f"{prefix}_p95_ms": quantile(values, 0.95),
+            f"{prefix}_p99_ms": quantile(values, 0.99)}
 
 
 async def _group_members(s: Settings) -> int:
@@ -169,17 +160,10 @@ async def _partition_counts(s: Settings) -> list[int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None)
     await consumer.start()
     try:
-        parts = [TopicPartition(s.topic_tasks, p) for p in sorted(consumer.partitions_for_topic(s.topic_tasks) or
-                                                                      await _partitions(consumer, s.topic_tasks))]
-        ends = await consumer.end_offsets(parts)
-        return [ends[tp] for tp in parts]
+        ends = await consumer.end_offsets(input_partitions(s))
+        return [ends[tp] for tp in input_partitions(s)]
     finally:
         await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public wait for metadata
-    return consumer.partitions_for_topic(topic) or set()
 
 
 async def _saturate(producer: TaskProducer, s: Settings, arrivals: Arrivals, pids: list[int],
@@ -229,22 +213,14 @@ async def run_pipeline(base: Settings, workdir: Path, *, quick: bool, rates: Seq
             warm_keys = [decision_id_for(t["service"], t["task_id"]).encode() for t in warm]
             if not await wait_for(lambda: all(k in arrivals.audit for k in warm_keys), children.check, 120):
                 raise RuntimeError("the worker did not decide the warm-up tasks within 120 s")
+            phases = []
             for rate in rates:
                 tasks = tasks_for(f"{s.app_id}-r{rate}", int(rate * seconds), seed + rate)
                 achieved, sent = await paced(producer, tasks, rate)
                 by_id = {t["task_id"]: decision_id_for(t["service"], t["task_id"]).encode() for t in tasks}
                 await wait_for(lambda: all(k in arrivals.audit for k in by_id.values()), children.check, 60)
-                await asyncio.sleep(0)  # routed copies commit in the same transactions as the events
-                routed = latencies(sent, arrivals.routed, lambda tid: tid.encode())
-                audited = latencies(sent, arrivals.audit, lambda tid: by_id[tid])
-                samples[f"{rate}/s"] = routed
-                row = {"offered_per_s": rate, "achieved_per_s": achieved, "tasks": len(tasks),
-                       "routed": len(routed), "audited": len(audited),
-                       **_summary(routed, "e2e"), **_summary(audited, "audit")}
-                result["rates"].append(row)
-                log(f"pipeline {rate:>5}/s offered, {achieved:,.0f}/s achieved: created -> routed p50/p95/p99 "
-                    f"{row['e2e_p50_ms']:.1f}/{row['e2e_p95_ms']:.1f}/{row['e2e_p99_ms']:.1f} ms, -> audit event "
-                    f"p50/p95 {row['audit_p50_ms']:.1f}/{row['audit_p95_ms']:.1f} ms")
+                phases.append((rate, achieved, sent, by_id))
+                log(f"pipeline {rate:>5}/s offered, {achieved:,.0f}/s achieved")
             one = await _saturate(producer, s, arrivals, pids, children, saturation_n, f"{s.app_id}-sat1", seed + 1)
             log(f"pipeline saturation, 1 worker: {one['per_s']:,.0f} tasks/s, {one['cpu_ms_per_task']:.3f} ms CPU/task")
             pids.append(children.start("worker-2", s.model_copy(update={"worker_id": f"{s.app_id}-2"}), "worker"))
@@ -263,6 +239,15 @@ async def run_pipeline(base: Settings, workdir: Path, *, quick: bool, rates: Seq
         "saturation_tasks": saturation_n, "partition_counts": counts,
         "partition_max_over_mean": max(counts) / statistics.mean(counts) if counts and any(counts) else float("nan"),
     })
+    for rate, achieved, sent, by_id in phases:  # read after the run: every routed copy has arrived by then
+        routed = latencies(sent, arrivals.routed, lambda tid: tid.encode())
+        audited = latencies(sent, arrivals.audit, lambda tid: by_id[tid])
+        samples[f"{rate}/s"] = routed
+        row = {"offered_per_s": rate, "achieved_per_s": achieved, "tasks": len(sent), "routed": len(routed),
+               "audited": len(audited), **_summary(routed, "e2e"), **_summary(audited, "audit")}
+        result["rates"].append(row)
+        log(f"pipeline {rate:>5}/s: created -> routed p50/p95/p99 {row['e2e_p50_ms']:.1f}/{row['e2e_p95_ms']:.1f}/"
+            f"{row['e2e_p99_ms']:.1f} ms, -> audit event p50/p95 {row['audit_p50_ms']:.1f}/{row['audit_p95_ms']:.1f} ms")
     result["decision_in_worker"] = _worker_decision_latency(arrivals.audit_values)
     result["samples"] = samples
     return result
@@ -288,8 +273,4 @@ def _worker_decision_latency(values: list[bytes]) -> dict[str, float]:
             continue
         if schema.name == "decision" and "-r" in record["task_id"]:
             ms.append(record["decision_latency_ms"])
-    return {"p50_ms": pct(ms, 0.5), "p95_ms": pct(ms, 0.95), "p99_ms": pct(ms, 0.99), "n": len(ms)}
-
-
-def as_json(result: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2)
+    return {"p50_ms": quantile(ms, 0.5), "p95_ms": quantile(ms, 0.95), "p99_ms": quantile(ms, 0.99), "n": len(ms)}

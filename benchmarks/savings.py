@@ -323,13 +323,9 @@ def _global_key(d: Decision) -> str:
 async def _over(ledger: RedisLedger, decided: Sequence[Decision], policy: Policy) -> int:
     """Micro-units by which any scope these decisions touched is committed (spent + reserved) over its cap, read back."""
     limits = {b.id: to_micros(b.limit) for b in policy.budgets}
-    scopes = sorted({(keys.budget(b.budget_id, b.scope, b.window), b.budget_id) for d in decided for b in d.budgets})
-    pipe = ledger.redis.pipeline(transaction=False)
-    for key, _ in scopes:
-        pipe.hmget(key, "spent", "reserved")
-    states = await pipe.execute()
-    return max((int(sp or 0) + int(rs or 0) - limits[bid] for (_, bid), (sp, rs) in zip(scopes, states, strict=True)),
-               default=0)
+    scopes = {keys.budget(b.budget_id, b.scope, b.window): b.budget_id for d in decided for b in d.budgets}
+    snap, _ = await ledger.read(scopes, [], [])
+    return max((snap.scopes[key].committed - limits[bid] for key, bid in scopes.items()), default=0)
 
 
 async def _cleanup(ledger: RedisLedger, tasks: Sequence[Task], decisions: Sequence[Decision], run: str) -> None:
