@@ -41,7 +41,7 @@ SECTIONS = ("decision", "pipeline", "producer", "savings", "naive_ledger")
 PACKAGES = ("faust-streaming", "aiokafka", "fastavro", "redis", "pydantic", "dispatch-core")
 
 
-def machine(settings: Settings, kafka_version: str | None, redis_version: str | None) -> dict[str, Any]:
+def machine(kafka_version: str | None, redis_version: str | None) -> dict[str, Any]:
     """What a reader needs to compare a run with another: the machine, the versions, the code, the date."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
@@ -105,7 +105,7 @@ async def measure(target: Settings, *, quick: bool, sections: list[str], out_dir
     from benchmarks.savings import run_savings
 
     bench = target.model_copy(update={"redis_url": target.redis_url.rsplit("/", 1)[0] + f"/{redis_db}"})
-    result: dict[str, Any] = {"machine": machine(bench, kafka_version, await _fresh_db(bench.redis_url)),
+    result: dict[str, Any] = {"machine": machine(kafka_version, await _fresh_db(bench.redis_url)),
                               "quick": quick}
     sizes = sizes or {}
     say = (lambda line: log.print(f"[dim]{line}[/]"))  # noqa: E731

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import json
 from dataclasses import dataclass
 from typing import Any

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from dispatch_core.decision import Decision
+from dispatch_core.decision import BudgetState, Decision
 
 DECISIONS = Counter("dispatch_decisions_total", "Routing decisions", ["workload", "tier", "outcome"])
 TRIGGERS = Counter("dispatch_triggers_total", "Standard triggers fired, per decision", ["workload", "trigger"])
@@ -30,26 +30,23 @@ def observe(decisions: Iterable[Decision]) -> None:
     """Count a batch's decisions and update the budgets they saw.
 
     Per batch, not per decision: a labelled child is looked up once per label set, and a
-    budget's gauge is set once, to the last decision's view of it (the batch's latest).
+    budget's gauge is set once, to the last decision's view of it (the batch's latest). The
+    latency histogram has no labels: it is observed per decision.
     """
     counts: Counter_[tuple[str, str, str]] = Counter_()
     triggers: Counter_[tuple[str, str]] = Counter_()
-    utilisation: dict[tuple[str, str], float] = {}
-    n_by_latency: Counter_[float] = Counter_()
+    latest: dict[tuple[str, str], BudgetState] = {}
     for d in decisions:
         workload = d.workload.value if d.workload else "unknown"
         counts[(workload, d.assigned_tier or "none", d.outcome.value)] += 1
         for trigger in d.triggers:
             triggers[(workload, trigger.value)] += 1
-        n_by_latency[d.decision_latency_ms] += 1
+        DECISION_LATENCY.observe(d.decision_latency_ms / 1000.0)
         for b in d.budgets:
-            utilisation[(b.budget_id, b.scope)] = float(b.committed_after / b.limit)
+            latest[(b.budget_id, b.scope)] = b
     for (workload, tier, outcome), n in counts.items():
         DECISIONS.labels(workload=workload, tier=tier, outcome=outcome).inc(n)
     for (workload, fired), n in triggers.items():
         TRIGGERS.labels(workload=workload, trigger=fired).inc(n)
-    for latency_ms, n in n_by_latency.items():
-        for _ in range(n):
-            DECISION_LATENCY.observe(latency_ms / 1000.0)
-    for (budget, scope), ratio in utilisation.items():
-        BUDGET_UTILISATION.labels(budget=budget, scope=scope).set(ratio)
+    for (budget, scope), b in latest.items():
+        BUDGET_UTILISATION.labels(budget=budget, scope=scope).set(float(b.committed_after / b.limit))

@@ -47,13 +47,14 @@ from dispatch_core.task import InputLimits, Task, parse_task, read_task
 log = logging.getLogger(__name__)
 
 
-def idempotent_producer(bootstrap: str, linger_ms: int = 2, request_timeout_s: float = 40.0) -> AIOKafkaProducer:
+def idempotent_producer(bootstrap: str, linger_ms: int = 2, request_timeout_s: float = 40.0,
+                        max_batch_bytes: int = 16_384) -> AIOKafkaProducer:
     """The producer every dispatch-core writer uses: idempotent, acks from all in-sync replicas.
 
     ``request_timeout_s`` also bounds how long a send waits through a broker outage before it fails.
     """
     return AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=linger_ms,
-                            request_timeout_ms=int(request_timeout_s * 1000))
+                            max_batch_size=max_batch_bytes, request_timeout_ms=int(request_timeout_s * 1000))
 
 
 class Deliverer:
@@ -202,9 +203,9 @@ class TaskProducer:
         self.settings = settings
         self.limits = InputLimits(settings.max_task_bytes, settings.max_task_depth)
         self._topic = settings.topic_tasks
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=linger_ms,
-            max_batch_size=max_batch_bytes, request_timeout_ms=int(settings.producer_request_timeout_s * 1000))
+        self._producer = idempotent_producer(settings.kafka_bootstrap, linger_ms=linger_ms,
+                                             request_timeout_s=settings.producer_request_timeout_s,
+                                             max_batch_bytes=max_batch_bytes)
         self._partitioner = DefaultPartitioner()
         self._pending: set[asyncio.Future[Any]] = set()
         self._failures: list[BaseException] = []
