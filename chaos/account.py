@@ -80,7 +80,7 @@ from aiokafka.structs import ConsumerRecord
 from dispatch_core import keys
 from dispatch_core.money import from_micros
 from dispatch_core.settings import Settings
-from schemas import DECISION, decode
+from schemas import CIRCUIT, DECISION, decode
 from streams.consume import to_end
 from streams.dlq import DeadLetter
 from workers.finance import pct
@@ -109,6 +109,7 @@ class Crossed:
 
     decisions: list[dict[str, Any]] = field(default_factory=list)
     settlements: list[dict[str, Any]] = field(default_factory=list)
+    circuits: list[dict[str, Any]] = field(default_factory=list)  # circuit breaker changes
     routed: list[Routed] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
@@ -132,6 +133,9 @@ class Crossed:
     def _add(self, s: Settings, rec: ConsumerRecord, at: float | None, received: datetime | None) -> None:
         if rec.topic == s.topic_audit:
             schema, event = decode(rec.value)
+            if schema is CIRCUIT:
+                self.circuits.append(event)
+                return
             did = event["decision_id"]
             if schema is DECISION:
                 self.decisions.append(event)

@@ -39,6 +39,8 @@ class Trigger(StrEnum):
     LEDGER_UNAVAILABLE = "ledger_unavailable"  # Redis unreachable: fail closed or open
     INVALID = "invalid"  # the task failed validation
     CONFLICT = "conflict"  # the task id was decided before for other content: refused, never routed
+    EXECUTOR_FAILURE = "executor_failure"  # a fallback: the executor of the previous attempt failed (retryable)
+    CIRCUIT_OPEN = "circuit_open"  # the tier's executor has an open circuit (failing): avoided like a saturated one
 
 
 class Outcome(StrEnum):
@@ -52,6 +54,16 @@ class Outcome(StrEnum):
 def decision_id_for(service: str, task_id: str) -> str:
     """Deterministic decision id: a redelivered task maps to the same decision."""
     return str(uuid.uuid5(DECISION_NAMESPACE, f"{service}/{task_id}"))
+
+
+def attempt_decision_id(service: str, task_id: str, attempt: int) -> str:
+    """Id of a task's ``attempt``-th decision: the first is ``decision_id_for``, each fallback its own.
+
+    Deterministic, so a redelivered failure report finds the fallback it already caused.
+    """
+    if attempt <= 1:
+        return decision_id_for(service, task_id)
+    return str(uuid.uuid5(DECISION_NAMESPACE, f"attempt/{service}/{task_id}/{attempt}"))
 
 
 def invalid_decision_id(service: str, task_id: str) -> str:
@@ -132,6 +144,13 @@ class Decision(BaseModel):
     estimate_untiered: Decimal | None = Field(default=None, description="estimated cost on untiered_tier")
     executor_load: dict[str, float] = Field(default_factory=dict, description="saturation per executor, as seen")
     sequence: int | None = Field(default=None, description="the ledger's commit order; None without Redis")
+    # Added in schema v4: fallbacks after an executor failure, and deadlines.
+    attempt: int = Field(default=1, ge=1, description="1 for a task's first decision, n for its (n-1)th fallback")
+    parent_decision_id: str | None = Field(default=None, description="the failed attempt this one falls back from")
+    excluded_executors: list[str] = Field(default_factory=list, description="executors that failed this task before")
+    deadline: datetime | None = Field(default=None, description="created_at + SLA: the task is worthless after it")
+    time_left_ms: float | None = Field(default=None, description="deadline - decided_at: the SLA left to spend")
+    executor_circuits: dict[str, str] = Field(default_factory=dict, description="executors whose circuit was not closed")
 
     @property
     def routed(self) -> bool:

@@ -69,6 +69,33 @@ class ComplexityModel(BaseModel):
     min_std: float = Field(default=0.05, gt=0)
 
 
+class Fallback(BaseModel):
+    """Where a task goes after its executor fails with a retryable error (trigger ``executor_failure``).
+
+    ``cheaper``: the next cheaper tiers, nearest first; ``more_capable``: the next more capable
+    ones; ``chain``: the tiers named in ``chain``, in that order (e.g. a cost-sorted provider
+    chain), after the one that failed. Every standard trigger still applies to the fallback,
+    the deadline is measured from the task's creation, and a task gets at most ``max_attempts``
+    decisions in all (the first included); then it is rejected, recorded.
+    """
+
+    model_config = _FROZEN
+
+    direction: Literal["cheaper", "more_capable", "chain"] = "cheaper"
+    chain: list[str] = Field(default_factory=list, max_length=32)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _chain_named(self) -> Fallback:
+        if (self.direction == "chain") != bool(self.chain):
+            raise ValueError("a chain is given exactly when direction is 'chain'")
+        return self
+
+
+#: The fallback of a class whose policy has no ``fallback`` section.
+DEFAULT_FALLBACK = Fallback()
+
+
 class ClassPolicy(BaseModel):
     """Everything the policy says about one workload class."""
 
@@ -79,12 +106,18 @@ class ClassPolicy(BaseModel):
     task_types: dict[str, list[Threshold]] = Field(default_factory=dict)
     complexity: ComplexityModel
     honour_requested_tier: bool = True
+    # None: DEFAULT_FALLBACK. Left out of the canonical form when None, so policies written
+    # before fallbacks existed keep their version.
+    fallback: Fallback | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ClassPolicy:
         names = [t.name for t in self.tiers]
         if len(set(names)) != len(names):
             raise ValueError(f"tier names must be unique, got {names}")
+        unknown = [t for t in (self.fallback.chain if self.fallback else []) if t not in names]
+        if unknown:
+            raise ValueError(f"fallback.chain: unknown tiers {unknown}; tiers are {names}")
         for label, thresholds in [("thresholds", self.thresholds)] + [
             (f"task_types.{k}", v) for k, v in self.task_types.items()
         ]:
@@ -97,6 +130,10 @@ class ClassPolicy(BaseModel):
                 if t.tier not in names:
                     raise ValueError(f"{label}: unknown tier {t.tier!r}; tiers are {names}")
         return self
+
+    @property
+    def fallback_rule(self) -> Fallback:
+        return self.fallback or DEFAULT_FALLBACK
 
     def index(self, tier: str) -> int | None:
         """Position of a tier on the ladder (0 = cheapest), None if unknown."""
@@ -222,8 +259,16 @@ class Policy(BaseModel):
         return self
 
     def canonical_json(self) -> str:
-        """The form the version hashes: sorted keys, no whitespace, money as strings."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The form the version hashes: sorted keys, no whitespace, money as strings.
+
+        Optional sections added after a policy could first be published (a class's ``fallback``)
+        are left out when unset, so the same rules keep the version they were published under.
+        """
+        data = self.model_dump(mode="json")
+        for cls in data["classes"].values():
+            if cls.get("fallback") is None:
+                cls.pop("fallback", None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @cached_property
     def version(self) -> str:

@@ -145,9 +145,9 @@ def recording(events: Iterable[Event]) -> Recording:
     decisions: dict[str, Event] = {}
     settlements: dict[tuple[str, str], Event] = {}
     for e in events:
-        if "outcome" in e:
+        if "decided_at" in e:
             decisions[e["decision_id"]] = min(e, decisions.get(e["decision_id"], e), key=order_key)
-        else:
+        elif "kind" in e:  # a settlement (circuit changes are neither: not replayed)
             k = (e["decision_id"], str(e["kind"]))
             settlements[k] = min(e, settlements.get(k, e), key=lambda s: (s["recorded_at"], s["report_id"] or ""))
     return Recording(sorted(decisions.values(), key=order_key),

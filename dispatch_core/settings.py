@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dispatch_core.circuit import CircuitConfig
+
 
 def _default_state_dir() -> Path:
     return Path.home() / ".local" / "state" / "dispatch-core"
@@ -76,6 +78,14 @@ class Settings(BaseSettings):
     reservation_ttl_s: float = 600.0
     decision_ttl_s: float = 6 * 3600.0  # how long a redelivery gets its stored decision back (~2 KB each)
     redis_timeout_s: float = 0.5
+    # circuit breakers per executor (dispatch_core.circuit): see CircuitConfig for each
+    circuit_window: int = Field(default=20, ge=1, le=1000)
+    circuit_min_calls: int = Field(default=10, ge=1)
+    circuit_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    circuit_consecutive_failures: int = Field(default=5, ge=1)
+    circuit_cooldown_s: float = Field(default=30.0, gt=0)
+    circuit_probe_pct: float = Field(default=10.0, gt=0, le=100)
+    circuit_close_after: int = Field(default=2, ge=1)
 
     # --- inputs ---------------------------------------------------------------------
     # A task larger than this is dead-lettered by size and hash. 1 MiB (the producer's default
@@ -126,6 +136,12 @@ class Settings(BaseSettings):
                   "topic_audit_checkpoints": f"{ns}.audit.checkpoints", "topic_cost": f"{ns}.cost",
                   "topic_load": f"{ns}.load", "topic_dlq": f"{ns}.dlq"}
         return self.model_copy(update={**topics, **update})
+
+    def circuit(self) -> CircuitConfig:
+        """The circuit breakers' thresholds."""
+        return CircuitConfig(self.circuit_window, self.circuit_min_calls, self.circuit_failure_rate,
+                             self.circuit_consecutive_failures, self.circuit_cooldown_s, self.circuit_probe_pct,
+                             self.circuit_close_after)
 
     @property
     def finance_store_path(self) -> Path:

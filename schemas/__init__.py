@@ -1,6 +1,6 @@
 """Avro schemas of the audit topic (decision.avsc, settlement.avsc), their codec and registry framing."""
 
-from schemas.codec import DECISION, SETTLEMENT, AuditEncodingError, EventSchema, encode, headers
+from schemas.codec import CIRCUIT, DECISION, SETTLEMENT, AuditEncodingError, EventSchema, encode, headers
 from schemas.registry import (
     Confluent,
     Framing,
@@ -14,6 +14,7 @@ from schemas.registry import (
 )
 
 __all__ = [
+    "CIRCUIT",
     "DECISION",
     "SETTLEMENT",
     "AuditEncodingError",

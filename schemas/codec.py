@@ -72,10 +72,11 @@ def _versions(name: str) -> list[EventSchema]:
     return [_load(name, p, i) for i, p in enumerate([*old, _DIR / f"{name}.avsc"], start=1)]
 
 
-_ALL = _versions("decision") + _versions("settlement")
+_ALL = _versions("decision") + _versions("settlement") + _versions("circuit")
 DECISION = max((s for s in _ALL if s.name == "decision"), key=lambda s: s.version)
 SETTLEMENT = max((s for s in _ALL if s.name == "settlement"), key=lambda s: s.version)
-CURRENT = {s.name: s for s in (DECISION, SETTLEMENT)}
+CIRCUIT = max((s for s in _ALL if s.name == "circuit"), key=lambda s: s.version)
+CURRENT = {s.name: s for s in (DECISION, SETTLEMENT, CIRCUIT)}
 #: Every schema version an audit event may have been written with, by fingerprint.
 SCHEMAS = {s.fingerprint: s for s in _ALL}
 

@@ -39,6 +39,10 @@ class RoutedTask(BaseModel):
     routed_at: datetime
     task: dict[str, Any] = Field(description="the task as submitted, payload untouched")
     charge_scopes: list[str] = Field(default_factory=list, description="budget keys to charge; set when nothing was reserved")
+    # Added with fallbacks: executors drop work past its deadline (report ``expired``) and echo both.
+    deadline: datetime | None = Field(default=None, description="created_at + SLA: do not start it after this")
+    sla_ms: float | None = Field(default=None, description="the task's latency SLA")
+    attempt: int = Field(default=1, description="1, or n for the (n-1)th fallback after executor failures")
 
     @classmethod
     def encode(cls, decision: Decision, task_text: str, created_at: datetime, charge_scopes: list[str]) -> bytes:
@@ -53,7 +57,7 @@ class RoutedTask(BaseModel):
             workload=decision.workload.value, tier=decision.assigned_tier, executor=decision.executor,
             policy_version=decision.policy_version, estimate=decision.estimate_assigned,
             currency=decision.currency, created_at=created_at, routed_at=datetime.now(UTC),
-            charge_scopes=charge_scopes,
+            charge_scopes=charge_scopes, deadline=decision.deadline, sla_ms=decision.sla_ms, attempt=decision.attempt,
         ).model_dump_json(exclude={"task"})
         return f'{head[:-1]},"task":{task_text}}}'.encode()
 

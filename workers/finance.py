@@ -17,7 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from schemas import DECISION, decode
+from schemas import DECISION, SETTLEMENT, decode
 from streams.consume import to_end, topic_reader
 
 from .finance_rules import ACTUAL_KINDS, CostRow, realised_cost
@@ -36,7 +36,7 @@ class AuditLog:
         self.raw_events += 1
         if schema is DECISION:
             self.decisions.setdefault(record["decision_id"], record)
-        else:
+        elif schema is SETTLEMENT:
             self.settlements.setdefault((record["decision_id"], record["kind"]), record)
 
     def settled(self) -> dict[str, dict[str, Any]]:

@@ -226,7 +226,7 @@ class FinanceStore:
                 if record["decision_id"] not in decisions:
                     decisions[record["decision_id"]], rows = decision_rows(record, at)
                     budgets.extend(rows)
-            else:
+            elif schema.name == "settlement":
                 settlements.setdefault((record["decision_id"], record["kind"]), settlement_row(record, at))
         now = _micros(dt.datetime.now(dt.timezone.utc))
         offsets = [{"topic": topic, "partition": p, "next_offset": o, "updated_at": now}

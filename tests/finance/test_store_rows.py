@@ -17,7 +17,8 @@ def events() -> tuple[bytes, bytes, str]:
                load_policy(), Snapshot(), AT).decision
     s = {"decision_id": d.decision_id, "kind": "settled", "task_id": "t1", "service": "svc", "executor": d.executor,
          "currency": "USD", "reserved": d.reserved, "actual": Decimal("0.012345"), "scopes": [], "run_ms": 5.0,
-         "dispatch_ms": 7.5, "report_id": "r1", "recorded_at": AT}
+         "dispatch_ms": 7.5, "report_id": "r1", "recorded_at": AT, "outcome": "succeeded", "error_class": None, "error": None, "sla_ms": 850.0,
+         "deadline": None, "fallback_decision_id": None}
     return encode(DECISION, d.model_dump()), encode(SETTLEMENT, s), d.decision_id
 
 

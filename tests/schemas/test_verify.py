@@ -16,7 +16,8 @@ def event(n: int) -> bytes:
     return unlinked(body(SETTLEMENT, {
         "decision_id": f"d-{n}", "kind": "settled", "task_id": f"t-{n}", "service": "s", "executor": "e",
         "currency": "USD", "reserved": b"\x01", "actual": None, "scopes": [], "run_ms": None, "dispatch_ms": None,
-        "report_id": None, "recorded_at": 0}))
+        "report_id": None, "recorded_at": 0, "outcome": None, "error_class": None, "error": None, "sla_ms": None,
+        "deadline": None, "fallback_decision_id": None}))
 
 
 def chain(contents: list[bytes], head: Head, key: bytes | None = KEY) -> tuple[list[bytes], Head]:

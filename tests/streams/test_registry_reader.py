@@ -64,7 +64,7 @@ def read_audit(bootstrap: str, registry_url: str, topic: str, group: str,
 
 
 def decisions_of(events: list[Event]) -> list[dict[str, Any]]:
-    return [e for _, _, _, e in events if "outcome" in e]
+    return [e for _, _, _, e in events if "decided_at" in e]
 
 
 def count(kind: str) -> Callable[[list[Event]], int]:
