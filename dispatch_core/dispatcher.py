@@ -16,23 +16,36 @@ Every ledger operation goes through here and comes back as a typed event (``Deci
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from dispatch_core.decision import Arm, Decision, Mode, Trigger, decision_id_for
-from dispatch_core.engine import Plan, Snapshot, apply_plan, conflict, decide, fallback, invalid, ledger_keys, reject
-from dispatch_core.errors import LedgerUnavailable, PolicyError
-from dispatch_core.ledger import RedisLedger, Stored
+from dispatch_core.circuit import CircuitConfig, CircuitView
+from dispatch_core.decision import Arm, Decision, Mode, Trigger, attempt_decision_id, decision_id_for
+from dispatch_core.engine import (
+    Plan,
+    Retry,
+    Snapshot,
+    apply_plan,
+    conflict,
+    decide,
+    fallback,
+    invalid,
+    ledger_keys,
+    reject,
+)
+from dispatch_core.errors import LedgerUnavailable, PolicyError, TaskError
+from dispatch_core.ledger import FailedAttempt, Health, RedisLedger, Settlement, Stored
 from dispatch_core.policy import Policy
 from dispatch_core.policy_store import PolicyStore
 from dispatch_core.rollout import Rollout, arm_for
-from dispatch_core.settlement import ExecutorReport, SettlementEvent, SettlementKind
-from dispatch_core.task import Task
+from dispatch_core.settlement import CircuitEvent, ExecutorReport, SettlementEvent, SettlementKind
+from dispatch_core.task import Task, parse_task
 
 FailMode = Literal["closed", "open"]
 #: Why a decision was rejected after the engine's verdict: its batch kept losing the cap to other workers.
@@ -47,6 +60,21 @@ class Verdict:
     decision: Decision
     repeat: bool = False
     sequence: int | None = None  # given by this commit, not yet on ``decision``
+
+
+@dataclass(frozen=True, slots=True)
+class FailOver:
+    """What a retryable failure report became: its attempt's settlement and the fallback decided.
+
+    ``fallback`` is None when the report was a duplicate (another report settled that attempt)
+    or the failed decision is no longer stored; otherwise it is routed or, when the chain is
+    exhausted or nothing fits, a recorded rejection. ``task_text`` is what to route.
+    """
+
+    settlement: SettlementEvent
+    fallback: Decision | None
+    task: Task | None = None
+    task_text: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +103,7 @@ class Dispatcher:
         max_rounds: int = 5,
         clock: Callable[[], datetime] = _utcnow,
         snapshot_max_age_s: float = 0.0,
+        circuit: CircuitConfig = CircuitConfig(),
     ) -> None:
         """``snapshot_max_age_s`` > 0 lets a batch start from the state the previous commit
         returned, if no older than that, instead of reading first: one round trip per batch.
@@ -87,6 +116,7 @@ class Dispatcher:
         self.reservation_ttl_s = reservation_ttl_s
         self.max_rounds = max_rounds
         self.clock = clock
+        self.circuit = circuit
         self._uncertain: set[str] = set()  # decisions whose commit may or may not have landed
         self.snapshot_max_age_s = snapshot_max_age_s
         self._cache = Snapshot()
@@ -219,7 +249,7 @@ class Dispatcher:
                     continue
                 plan = decide(
                     tasks[i], route.policy, snap, now, mode=route.mode, arm=route.arm,
-                    reservation_ttl_s=self.reservation_ttl_s,
+                    reservation_ttl_s=self.reservation_ttl_s, circuit=self.circuit,
                 )
                 if first is not None:  # the id was decided for other content
                     results[i] = Verdict(conflict(plan.decision, first.decision))
@@ -233,7 +263,8 @@ class Dispatcher:
                 planned.append((i, plan))
             try:
                 commits, after = await self.ledger.commit([p for _, p in planned], scope_keys, baseline_keys,
-                                                          [sources[i] for i, _ in planned])
+                                                          [sources[i] for i, _ in planned], now=now,
+                                                          circuit=self.circuit)
             except LedgerUnavailable:
                 self._uncertain.update(p.decision.decision_id for _, p in planned)
                 raise
@@ -274,19 +305,86 @@ class Dispatcher:
         ``source`` names the record the report came in (e.g. ``topic/partition/offset``): that
         record redelivered gets its first settlement back (its event may not have been written),
         any other record for a settled decision, even a copy of the same report, is a
-        ``duplicate``. Without one, the report's own identity decides.
+        ``duplicate``. Without one, the report's own identity decides. The executor's outcome
+        goes into its circuit breaker in the same ledger step. For a retryable failure,
+        ``fail_over`` settles it and also decides the fallback.
         """
         if report.outcome == "duplicate":  # the executor did not run it again: nothing to settle
-            kind, reserved, scopes, currency = SettlementKind.SKIPPED, Decimal(0), [], None
-        else:
-            s = await self.ledger.settle(report.decision_id, report.actual, source or report.identity,
-                                         report.charge_scopes)
-            kind, reserved, scopes, currency = SettlementKind(s.kind), s.reserved, s.scopes, s.currency
+            return self._settlement_event(report, None, source)
+        health: Health = "ok" if report.outcome == "succeeded" else "fail" if report.retryable else ""
+        s = await self.ledger.settle(report.decision_id, report.actual, source or report.identity, report.charge_scopes,
+                                     executor=report.executor, health=health, now=self.clock(), circuit=self.circuit)
+        return self._settlement_event(report, s, source)
+
+    async def fail_over(self, report: ExecutorReport, source: str | None = None) -> FailOver:
+        """A retryable failure: settle the failed attempt and decide its fallback, in one ledger step.
+
+        The fallback is decided under the failed decision's policy version, mode and arm, with
+        every standard trigger, never on an executor that failed this task before, never past
+        the task's deadline, and at most ``max_attempts`` decisions in all; its decision id
+        follows from the attempt number, so a redelivered report finds the fallback it caused
+        and nothing is decided or reserved twice. ValueError if the echoed task is not the
+        task that was decided (the report is then dead-lettered, its attempt left to expire).
+        """
+        assert report.retryable and report.task is not None
+        try:
+            task = parse_task(report.task)
+        except TaskError as exc:
+            raise ValueError(f"the failure report's task is not a valid task: {exc}") from exc
+        identity = source or report.identity
+        _, stored = await self.ledger.read([], [], [report.decision_id])
+        parent = stored.get(report.decision_id)
+        if parent is None or not parent.decision.routed:
+            log.warning("no fallback for %s: its decision is no longer stored (decision_ttl_s)", report.decision_id)
+            return FailOver(await self.settle(report, source), None)  # settled, its failure counted: no fallback
+        first = parent.decision
+        if first.task_hash not in (None, task.content_hash) or (first.service, first.task_id) != (task.service,
+                                                                                                 task.task_id):
+            raise ValueError(f"the failure report's task is not the task decided as {first.decision_id}")
+        try:
+            policy = await self.store.get(first.policy_version)
+        except PolicyError:
+            policy = self.default_policy
+        assert first.assigned_tier is not None and first.executor is not None
+        retry = Retry(
+            attempt=first.attempt + 1, parent_decision_id=first.decision_id, failed_tier=first.assigned_tier,
+            excluded=(*first.excluded_executors, first.executor),
+            deadline=first.deadline or task.created_at + timedelta(milliseconds=task.effective_sla_ms),
+        )
+        failed = FailedAttempt(first.decision_id, report.actual, identity, report.executor, report.charge_scopes)
+        child_id = attempt_decision_id(task.service, task.task_id, retry.attempt)
+        now = self.clock()
+        for round_no in range(self.max_rounds):
+            scope_keys, baseline_key = ledger_keys(policy, task, now)
+            snap, _ = await self.ledger.read(scope_keys, [baseline_key], [child_id])
+            plan = decide(task, policy, snap, now, mode=first.mode, arm=first.canary_arm,
+                          reservation_ttl_s=self.reservation_ttl_s, circuit=self.circuit, retry=retry)
+            if round_no == self.max_rounds - 1 and plan.amount and plan.enforce:
+                plan = _contention_reject(plan)
+            [res], _ = await self.ledger.commit([plan], scope_keys, [baseline_key], [source], [failed], now=now,
+                                                circuit=self.circuit)
+            if res.status == "over":
+                continue
+            assert res.parent is not None, "a committed fallback settled its failed attempt"
+            if res.status == "pdup":  # another report settled that attempt: this one decides nothing
+                return FailOver(self._settlement_event(report, res.parent, source), None)
+            child = (plan.decision.model_copy(update={"sequence": res.sequence}) if res.status == "ok"
+                     else res.stored.decision if res.stored is not None else plan.decision)
+            event = self._settlement_event(report, res.parent, source, fallback=child.decision_id)
+            return FailOver(event, child, task, json.dumps(report.task, separators=(",", ":"), ensure_ascii=False))
+        raise AssertionError("unreachable: the last round rejects rather than reserve")
+
+    def _settlement_event(self, report: ExecutorReport, s: Settlement | None, source: str | None,
+                          fallback: str | None = None) -> SettlementEvent:
+        """The audit event of one report's settlement (``s`` None: nothing settled, a skipped duplicate)."""
         return SettlementEvent(
-            decision_id=report.decision_id, kind=kind, task_id=report.task_id, service=report.service,
-            executor=report.executor, currency=currency or report.currency or self.default_policy.currency,
-            reserved=reserved, actual=report.actual, scopes=scopes, run_ms=report.run_ms,
-            dispatch_ms=report.dispatch_ms, report_id=report.identity, recorded_at=self.clock(),
+            decision_id=report.decision_id, kind=SettlementKind(s.kind) if s else SettlementKind.SKIPPED,
+            task_id=report.task_id, service=report.service, executor=report.executor,
+            currency=(s.currency if s else None) or report.currency or self.default_policy.currency,
+            reserved=s.reserved if s else Decimal(0), actual=report.actual, scopes=s.scopes if s else [],
+            run_ms=report.run_ms, dispatch_ms=report.dispatch_ms, report_id=report.identity,
+            recorded_at=self.clock(), outcome=report.outcome, error_class=report.error_class, error=report.error,
+            sla_ms=report.sla_ms, deadline=report.deadline, fallback_decision_id=fallback,
         )
 
     async def expire_overdue(self, lease_s: float = 30.0) -> list[SettlementEvent]:
@@ -308,6 +406,15 @@ class Dispatcher:
     async def recorded(self, events: Sequence[SettlementEvent]) -> None:
         """These expiry events are on the audit stream: stop handing them out."""
         await self.ledger.recorded([e.decision_id for e in events if e.kind == SettlementKind.EXPIRED])
+
+    async def circuits(self) -> tuple[dict[str, CircuitView], list[CircuitEvent]]:
+        """The circuit breakers' timer: end due cool-downs; the circuits not closed, and the
+        changes still to write to the audit stream (then call ``circuits_recorded``)."""
+        return await self.ledger.circuit_tick(self.clock(), self.circuit)
+
+    async def circuits_recorded(self, events: Sequence[CircuitEvent]) -> None:
+        """These circuit changes are on the audit stream: stop handing them out."""
+        await self.ledger.circuits_recorded(events)
 
     async def report_load(self, executor: str, saturation: float, at: datetime) -> None:
         """An executor's saturation (0..1), for the ``load`` trigger of every worker."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from dispatch_core import keys
 from dispatch_core.version import __version__
+from dispatch_core.circuit import CircuitView
 from dispatch_core.classify import Baseline, score, update_baseline
 from dispatch_core.decision import (
     Arm,
@@ -75,6 +76,7 @@ class Snapshot:
     scopes: dict[str, ScopeState] = field(default_factory=dict)
     baselines: dict[str, Baseline] = field(default_factory=dict)
     load: dict[str, LoadReport] = field(default_factory=dict)
+    circuits: dict[str, CircuitView] = field(default_factory=dict)  # executors whose circuit is not closed
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """Every Redis key dispatch-core writes, in one place (prefix ``dc:``).
 
 The Lua scripts in ``lua/`` build the decision, reservation, open-reservation, unrecorded-expiry,
-claim, load and sequence keys from the same prefixes; change them together.
+claim, load, sequence and circuit keys from the same prefixes; change them together.
 """
 
 from __future__ import annotations
@@ -12,6 +12,13 @@ LOAD = f"{PREFIX}load"                         # hash: executor -> JSON {saturat
 OPEN_RESERVATIONS = f"{PREFIX}resv:open"       # zset: decision id scored by expiry (ms)
 UNRECORDED_EXPIRIES = f"{PREFIX}resv:unrecorded"  # zset: expired reservations whose event is not yet written
 SEQUENCE = f"{PREFIX}seq"                      # int: the last commit-order number given to a decision
+CIRCUITS = f"{PREFIX}circuits"                 # hash: executor -> "state:since ms" for circuits not closed
+CIRCUIT_UNRECORDED = f"{PREFIX}circuit:unrecorded"  # zset: circuit change events not yet on the audit stream
+
+
+def circuit(executor: str) -> str:
+    """Hash {state, since, seq, consec, window, probes}: one executor's circuit breaker (lua/lib.lua)."""
+    return f"{PREFIX}circuit:{executor}"
 
 
 def budget(budget_id: str, scope: str, window_id: str) -> str:

@@ -15,7 +15,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 MAX_REPORTED = Decimal(10**11)
 
@@ -160,6 +160,7 @@ class CircuitEvent(BaseModel):
     consecutive_failures: int
     changed_at: datetime
     decision_id: str | None = Field(description="the settlement that changed it; None for a cool-down ending")
+    _queued: str = PrivateAttr(default="")  # its entry in the ledger's queue of changes to write
 
     @property
     def event_id(self) -> str:

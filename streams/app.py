@@ -62,7 +62,7 @@ class Runtime:
                 dispatcher = Dispatcher(
                     ledger, PolicyStore(ledger.redis), load_policy(s.policy_file),
                     fail_mode=s.ledger_fail_mode, reservation_ttl_s=s.reservation_ttl_s,
-                    snapshot_max_age_s=s.snapshot_max_age_s,
+                    snapshot_max_age_s=s.snapshot_max_age_s, circuit=s.circuit(),
                 )
                 await dispatcher.start()
                 outputs = KafkaOutputs(s, group_id=s.app_id, commit=self._commit)
@@ -197,7 +197,9 @@ def create_app(settings: Settings, framing: Framing) -> tuple[faust.App, Runtime
     @app.timer(interval=1.0)
     async def expire_overdue() -> None:
         if not runtime.stopping:
-            await (await runtime.pipeline()).expire_overdue()
+            pipeline = await runtime.pipeline()
+            await pipeline.expire_overdue()
+            await pipeline.record_circuits()
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types receivers as sync
     async def assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:

@@ -22,6 +22,17 @@ DLQ = Counter("dispatch_dead_letters_total", "Inputs sent to the dead-letter top
 SETTLEMENTS = Counter("dispatch_settlements_total", "Settlement events by kind (settled, expired, duplicate...)", ["kind"])
 REPEATS = Counter("dispatch_repeated_inputs_total",
                   "Tasks sent again (same id and content) as another record: acknowledged, not routed again")
+EXECUTOR_OUTCOMES = Counter("dispatch_executor_outcomes_total",
+                            "Executor reports by outcome (succeeded, failed, expired, duplicate) and error class",
+                            ["executor", "outcome", "error_class"])
+FALLBACKS = Counter("dispatch_fallbacks_total", "Fallbacks decided after a retryable failure, by the failed "
+                    "executor and the fallback's outcome (rejected: chain exhausted or nothing fits)",
+                    ["executor", "outcome"])
+CIRCUIT_STATE = Gauge("dispatch_circuit_state", "Circuit breaker per executor: 0 closed, 1 half-open, 2 open",
+                      ["executor"])
+CIRCUIT_CHANGES = Counter("dispatch_circuit_changes_total", "Circuit breaker changes written to the audit stream",
+                          ["executor", "to_state"])
+CIRCUIT_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
 UNAVAILABLE = Gauge("dispatch_waiting_unavailable", "1 while batches wait for Redis or the broker to come back",
                     ["what"])
 

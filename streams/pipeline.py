@@ -32,9 +32,9 @@ from dispatch_core.decision import Decision, Trigger
 from dispatch_core.dispatcher import Dispatcher
 from dispatch_core.errors import LedgerUnavailable, TaskError
 from dispatch_core.settings import Settings
-from dispatch_core.settlement import ExecutorReport, SettlementEvent
+from dispatch_core.settlement import CircuitEvent, ExecutorReport, SettlementEvent, SettlementKind
 from dispatch_core.task import InputLimits, Task, json_depth_exceeds, read_task
-from schemas import DECISION, SETTLEMENT, Framing, SingleObject, headers
+from schemas import CIRCUIT, DECISION, SETTLEMENT, Framing, SingleObject, headers
 from streams import metrics
 from streams.dlq import DeadLetter, Incoming
 from streams.errors import BrokerUnavailable, Fenced, RecordRejected
@@ -42,7 +42,7 @@ from streams.messages import LoadUpdate, RoutedTask
 from streams.outputs import Out, Outputs
 
 log = logging.getLogger(__name__)
-MAX_REPORT_BYTES = 65_536
+REPORT_OVERHEAD_BYTES = 65_536  # a report's own fields; a retryable failure adds the task it echoes
 
 Unavailable = (LedgerUnavailable, BrokerUnavailable)
 
@@ -55,6 +55,7 @@ class _Part:
     next_offset: int = 0
     decisions: list[Decision] = field(default_factory=list)  # counted in metrics once written
     settlements: list[SettlementEvent] = field(default_factory=list)
+    fallbacks: list[tuple[str, Decision]] = field(default_factory=list)  # (failed executor, its fallback)
     dead: list[str] = field(default_factory=list)  # dead-letter reasons, for metrics
     repeats: int = 0  # inputs that repeated a task already decided for another input
 
@@ -104,6 +105,7 @@ class Pipeline:
         self.framing = framing or SingleObject()  # audit events' prefix: single-object or Confluent (registry)
         self.worker = worker
         self.limits = InputLimits(settings.max_task_bytes, settings.max_task_depth)
+        self.max_report_bytes = settings.max_task_bytes + REPORT_OVERHEAD_BYTES
         self._outages: dict[str, _Outage] = {}
 
     # --- entry points, one per consumed topic ------------------------------------------------
@@ -154,6 +156,29 @@ class Pipeline:
             return 0
         for e in events:
             metrics.SETTLEMENTS.labels(kind=e.kind.value).inc()
+        return len(events)
+
+    async def record_circuits(self) -> int:
+        """End due cool-downs, write circuit changes not yet on the audit stream (once each,
+        like expiries), and show every executor's circuit in the metrics."""
+        try:
+            states, events = await self.dispatcher.circuits()
+            if events:
+                await self.outputs.write(None, [self._circuit_out(e) for e in events], None)
+                await self.dispatcher.circuits_recorded(events)
+        except (*Unavailable, Fenced) as exc:
+            log.info("circuit changes wait for the next round: %s", exc)
+            return 0
+        except Exception:  # noqa: BLE001 - a bug here must not stop the timer; the changes wait in Redis
+            log.exception("circuit changes wait for the next round after an unexpected error")
+            return 0
+        for executor in self.dispatcher.default_policy.executors():
+            metrics.CIRCUIT_STATE.labels(executor=executor).set(0)
+        for executor, view in states.items():
+            metrics.CIRCUIT_STATE.labels(executor=executor).set(metrics.CIRCUIT_LEVEL[view.state])
+        for e in events:
+            metrics.CIRCUIT_CHANGES.labels(executor=e.executor, to_state=e.to_state).inc()
+            log.warning("circuit of %s: %s -> %s (%s)", e.executor, e.from_state, e.to_state, e.reason)
         return len(events)
 
     # --- one batch: plan once, write per partition, retry by kind -------------------------------
@@ -261,6 +286,11 @@ class Pipeline:
         metrics.observe(part.decisions)
         for e in part.settlements:
             metrics.SETTLEMENTS.labels(kind=e.kind.value).inc()
+            if e.outcome is not None and e.kind != SettlementKind.DUPLICATE:
+                metrics.EXECUTOR_OUTCOMES.labels(executor=e.executor or "unknown", outcome=e.outcome,
+                                                 error_class=e.error_class or "").inc()
+        for executor, d in part.fallbacks:
+            metrics.FALLBACKS.labels(executor=executor, outcome=d.outcome.value).inc()
         for reason in part.dead:
             metrics.DLQ.labels(reason=reason).inc()
         metrics.REPEATS.inc(part.repeats)
@@ -297,17 +327,14 @@ class Pipeline:
             if verdict.repeat:  # the same task sent twice: its decision and route come from the first copy
                 part.repeats += 1
                 continue
-            part.outs.append(self._decision_out(decision))
             part.decisions.append(decision)
             if Trigger.CONFLICT in decision.triggers:
+                part.outs.append(self._decision_out(decision))
                 part.outs.append(self._dlq_out(DeadLetter.of(rec, "conflict", decision.rationale,
                                                              task_id=task.task_id, worker=self.worker)))
                 part.dead.append("conflict")
-            elif decision.routed:
-                assert decision.executor is not None
-                routed = RoutedTask.encode(decision, text, task.created_at,
-                                           self.dispatcher.unreserved_scopes(decision, task))
-                part.outs.append(Out(self.settings.executor_topic(decision.executor), task.task_id.encode(), routed))
+            else:
+                part.outs.extend(self._decided(decision, task, text))
         return plan
 
     async def _plan_reports(self, batch: list[Incoming]) -> Plan:
@@ -318,22 +345,48 @@ class Pipeline:
                 report = self._read_report(rec.value)
             except ValueError as exc:
                 part.outs.append(self._dlq_out(DeadLetter.of(rec, "invalid_report", str(exc), worker=self.worker,
-                                                             max_value_bytes=MAX_REPORT_BYTES)))
+                                                             max_value_bytes=self.max_report_bytes)))
                 part.dead.append("invalid_report")
                 continue
-            event = await self.dispatcher.settle(report, source=f"{rec.topic}/{rec.partition}/{rec.offset}")
-            part.outs.append(self._settlement_out(event))
-            part.settlements.append(event)
+            source = f"{rec.topic}/{rec.partition}/{rec.offset}"
+            if not report.retryable:
+                event = await self.dispatcher.settle(report, source=source)
+                part.outs.append(self._settlement_out(event))
+                part.settlements.append(event)
+                continue
+            try:
+                failed = await self.dispatcher.fail_over(report, source=source)
+            except ValueError as exc:  # its task is not the task decided: nothing to route
+                part.outs.append(self._dlq_out(DeadLetter.of(rec, "invalid_report", str(exc), worker=self.worker,
+                                                             max_value_bytes=self.max_report_bytes)))
+                part.dead.append("invalid_report")
+                continue
+            part.outs.append(self._settlement_out(failed.settlement))
+            part.settlements.append(failed.settlement)
+            if failed.fallback is not None:
+                part.outs.extend(self._decided(failed.fallback, failed.task, failed.task_text))
+                part.decisions.append(failed.fallback)
+                part.fallbacks.append((report.executor, failed.fallback))
         return plan
+
+    def _decided(self, decision: Decision, task: Task | None, text: str) -> list[Out]:
+        """A decision's audit event, and its routed task when it is routed."""
+        outs = [self._decision_out(decision)]
+        if decision.routed and task is not None:
+            assert decision.executor is not None
+            routed = RoutedTask.encode(decision, text, task.created_at, self.dispatcher.unreserved_scopes(decision, task))
+            outs.append(Out(self.settings.executor_topic(decision.executor), task.task_id.encode(), routed))
+        return outs
 
     def _read_report(self, value: bytes | None) -> ExecutorReport:
         """An executor report, bounded like tasks are; ValueError (incl. ValidationError) says why not."""
         if value is None:
             raise ValueError("record has no value (a tombstone): a report must be a JSON object")
-        if len(value) > MAX_REPORT_BYTES:
-            raise ValueError(f"report is {len(value)} bytes, over the {MAX_REPORT_BYTES}-byte limit")
-        if json_depth_exceeds(value.decode("utf-8", errors="replace"), self.limits.max_depth):
-            raise ValueError(f"report nests deeper than {self.limits.max_depth} levels")
+        if len(value) > self.max_report_bytes:
+            raise ValueError(f"report is {len(value)} bytes, over the {self.max_report_bytes}-byte limit")
+        depth = self.limits.max_depth + 2  # the task a retryable failure echoes sits two levels down
+        if json_depth_exceeds(value.decode("utf-8", errors="replace"), depth):
+            raise ValueError(f"report nests deeper than {depth} levels")
         try:
             return ExecutorReport.model_validate_json(value)
         except ValidationError as exc:
@@ -352,6 +405,11 @@ class Pipeline:
         return Out(self.settings.topic_audit, event.decision_id.encode(),
                    self.framing.encode(SETTLEMENT, event.model_dump()), headers(SETTLEMENT, event.kind.value),
                    chained=True)
+
+    def _circuit_out(self, event: CircuitEvent) -> Out:
+        """A circuit change (Avro), keyed by its executor."""
+        return Out(self.settings.topic_audit, event.executor.encode(),
+                   self.framing.encode(CIRCUIT, event.model_dump()), headers(CIRCUIT, event.to_state), chained=True)
 
     def _dlq_out(self, letter: DeadLetter) -> Out:
         return Out(self.settings.topic_dlq, letter.key, letter.record_value(), letter.headers())

@@ -6,24 +6,59 @@
 --    amt: micro-units to reserve,
 --    enforce: 0|1, scopes: [{k: budget key, lim: cap, exp: key expiry ms}], exp: reservation expiry ms,
 --    bl: {k, x: raw complexity, a: alpha, m0: prior mean, v0: prior variance},
---    tr: [[budget key, 0|1, key expiry ms]]}
+--    tr: [[budget key, 0|1, key expiry ms]], nb: true to leave the baseline alone (a fallback's task
+--    was counted by its first decision),
+--    p: (a fallback only) the failed attempt to settle in the same step: {d: its decision id,
+--       act: partial cost (micro-units), cs: JSON budget keys to charge if it held no reservation,
+--       rid: the failure report's identity, ex: its executor, h: 'fail' | '' for its circuit}}
 -- ARGV[2]: JSON {s: [budget keys], b: [baseline keys]} whose state to report after the batch.
+-- ARGV[3]: JSON {now: ms, cfg: circuit config, rttl: reservation record TTL ms, bttl: budget key TTL ms}
+--    (used by fallbacks only).
+-- A fallback settles its failed attempt and reserves its own estimate in one step, or does
+-- neither: its cap check counts the failed attempt's reservation as already swapped for its
+-- partial cost. If the failed attempt was settled by another report, the failure report is a
+-- duplicate: status "pdup", no fallback. Its redelivery finds the fallback stored ("dup").
 -- Every "ok" decision gets the next number of the ledger's commit order (dc:seq, shared by all
 -- workers; one GET and one INCRBY per batch), in the order of the batch, stored in its record.
--- Reply: flat array, two entries per item: status ("ok" | "dup" | "conflict" | "over"), and for
--- "ok" its sequence number, for "dup" and "conflict" the stored record: a redelivered task (same
+-- Reply: flat array, three entries per item: status ("ok" | "dup" | "conflict" | "over" | "pdup"), for
+-- "ok" its sequence number, for "dup" and "conflict" the stored record, and for a fallback the
+-- JSON of its failed attempt's settlement reply (settle_one's), else '': a redelivered task (same
 -- content hash) gets its first decision back, sequence included, with no second charge; the same id with other content is a conflict;
 -- then three fields per reported key, as snapshot.lua gives them, so that the caller's
 -- next batch can start from the state this one left without another read.
 local items = cjson.decode(ARGV[1])
 local report = cjson.decode(ARGV[2])
+local env = ARGV[3] and cjson.decode(ARGV[3]) or {}
 local out = {}
 local seq = tonumber(redis.call('GET', 'dc:seq')) or 0
 local numbered = 0
+-- the failed attempt's settlement as it stands (a replay of the same report gets its reply back)
+local function parent_reply(p)
+  local r = redis.call('HMGET', 'dc:resv:' .. p.d, 'amt', 'scopes', 'status', 'actual', 'kind', 'rid', 'cur')
+  if r[3] ~= 'settled' then
+    return ''
+  end
+  if r[6] == p.rid then
+    return cjson.encode({r[5], tonumber(r[1]), r[2], tonumber(r[4]), r[7] or ''})
+  end
+  return cjson.encode({'duplicate', tonumber(r[1]), r[2], 0, r[7] or ''})
+end
 for _, it in ipairs(items) do
   local dkey = 'dc:decision:' .. it.d
   local existing = redis.call('GET', dkey)
-  if existing then
+  local p = it.p
+  local delta = {}
+  local settled_by_other = false
+  if p and not existing then
+    local r
+    delta, r = settle_delta(p.d, p.act, p.cs)
+    settled_by_other = r[3] == 'settled' and r[6] ~= p.rid
+  end
+  if settled_by_other then
+    out[#out + 1] = 'pdup'
+    out[#out + 1] = ''
+    out[#out + 1] = parent_reply(p)
+  elseif existing then
     local doc = cjson.decode(existing)
     local stored_h = (doc.decision or doc).task_hash  -- absent (cjson.null/nil) in records from before hashes
     if type(stored_h) == 'string' and type(it.h) == 'string' and stored_h ~= it.h then
@@ -32,12 +67,13 @@ for _, it in ipairs(items) do
       out[#out + 1] = 'dup'
     end
     out[#out + 1] = existing
+    out[#out + 1] = p and parent_reply(p) or ''
   else
     local fits = true
     if it.amt > 0 and it.enforce == 1 then
       for _, s in ipairs(it.scopes) do
         local v = redis.call('HMGET', s.k, 'spent', 'reserved')
-        if (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0) + it.amt > s.lim then
+        if (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0) + (delta[s.k] or 0) + it.amt > s.lim then
           fits = false
           break
         end
@@ -46,7 +82,16 @@ for _, it in ipairs(items) do
     if not fits then
       out[#out + 1] = 'over'
       out[#out + 1] = ''
+      out[#out + 1] = ''
     else
+      local settled = ''
+      if p then
+        local reply, fresh = settle_one(p.d, p.act, p.cs, env.rttl, env.bttl, p.rid)
+        if fresh and p.h ~= '' then
+          circuit_record(p.ex, p.h == 'fail', env.now, env.cfg, p.d)
+        end
+        settled = cjson.encode(reply)
+      end
       if it.amt > 0 then
         local scope_keys = {}
         for _, s in ipairs(it.scopes) do
@@ -64,22 +109,25 @@ for _, it in ipairs(items) do
         redis.call('HSET', f[1], 'trend', f[2])
         redis.call('PEXPIREAT', f[1], f[3] + 86400000)
       end
-      local b = it.bl
-      local cur = redis.call('HMGET', b.k, 'n', 'mean', 'var')
-      local n = tonumber(cur[1]) or 0
-      local mean, var = b.m0, b.v0
-      if n > 0 then
-        mean = tonumber(cur[2])
-        var = tonumber(cur[3])
+      if not it.nb then
+        local b = it.bl
+        local cur = redis.call('HMGET', b.k, 'n', 'mean', 'var')
+        local n = tonumber(cur[1]) or 0
+        local mean, var = b.m0, b.v0
+        if n > 0 then
+          mean = tonumber(cur[2])
+          var = tonumber(cur[3])
+        end
+        local dx = b.x - mean
+        mean = mean + b.a * dx
+        var = (1 - b.a) * (var + b.a * dx * dx)
+        redis.call('HSET', b.k, 'n', n + 1, 'mean', string.format('%.17g', mean), 'var', string.format('%.17g', var))
       end
-      local delta = b.x - mean
-      mean = mean + b.a * delta
-      var = (1 - b.a) * (var + b.a * delta * delta)
-      redis.call('HSET', b.k, 'n', n + 1, 'mean', string.format('%.17g', mean), 'var', string.format('%.17g', var))
       numbered = numbered + 1
       redis.call('SET', dkey, it.rec[1] .. string.format('%d', seq + numbered) .. it.rec[2], 'PX', it.ttl)
       out[#out + 1] = 'ok'
       out[#out + 1] = seq + numbered
+      out[#out + 1] = settled
     end
   end
 end

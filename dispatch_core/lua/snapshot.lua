@@ -1,6 +1,7 @@
 -- Read everything a batch of decisions needs in one command (one round trip, one reply to parse).
 -- ARGV: #scopes, #baselines, #decisions, then the scope keys, baseline keys and decision ids.
--- Reply: {scope fields..., baseline fields..., stored decisions..., load hash (flat)}
+-- Reply: {scope fields..., baseline fields..., stored decisions..., #load entries, load hash (flat),
+--         circuits not closed (flat: executor, "state:since ms")}
 local ns, nb, nd = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local i = 4
@@ -20,7 +21,11 @@ for _ = 1, nd do
   i = i + 1
 end
 local load = redis.call('HGETALL', 'dc:load')
+out[#out + 1] = #load
 for j = 1, #load do
   out[#out + 1] = load[j]
+end
+for _, v in ipairs(redis.call('HGETALL', 'dc:circuits')) do
+  out[#out + 1] = v
 end
 return out

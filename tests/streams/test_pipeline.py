@@ -32,7 +32,7 @@ SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 def plain_fastavro_reader():
     """An independent reader: just the .avsc files and fastavro, no project code."""
     by_name = {}
-    for name in ("decision", "settlement"):
+    for name in ("decision", "settlement", "circuit"):
         by_name[name] = fastavro.parse_schema(json.loads((SCHEMAS / f"{name}.avsc").read_text()))
 
     def read(value: bytes, fingerprint_header: bytes) -> tuple[str, dict]:
