@@ -4,7 +4,9 @@ Starts (or reuses) Kafka and Redis, then a dispatcher worker and the example exe
 separate processes, publishes a mixed workload of the three services with budgets that run
 short part-way through, follows the audit topic as finance would, and prints what happened:
 tiers per class, downgrades per trigger, spend against each budget, estimated vs actual
-cost, dead letters and latencies. Every run uses its own topics and a flushed Redis DB
+cost, dead letters and latencies. One executor (``FLAKY_EXECUTOR``) is flaky: a share of its
+runs fail and it has an outage part-way through the workload, so the summary also shows
+executor failures, the fallbacks decided for them and its circuit breaker opening and closing. Every run uses its own topics and a flushed Redis DB
 (index 1), and stops every process it started.
 """
 
@@ -13,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections import Counter
 import time
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ from dispatch_core.policy import Policy, load_policy, parse_policy
 from dispatch_core.policy_store import PolicyStore
 from dispatch_core.rollout import Rollout, ServiceRollout
 from dispatch_core.settings import Settings
+from schemas import CIRCUIT, decode
 from stack import process
 from stack.children import ProcessGroup
 from stack.errors import ServiceFailed
@@ -57,6 +62,26 @@ DEMO_BUDGETS: list[dict[str, Any]] = [
 SHADOW_SERVICE = "tarotscript"  # adopts in shadow mode: decided and logged, routed as asked
 PROBE_SERVICE = "demo-probe"
 SMALL_EXECUTOR = "llm-large"  # run with little capacity, so the load trigger shows on live reports
+#: Run flaky: FLAKY_FAILURE_RATE of its runs fail (FLAKY_PERMANENT_SHARE of those permanently), and it has an
+#: outage part-way through the workload (``flaky_outage``). llm-medium takes about 40% of the LLM tasks (scores
+#: 0.4-0.8) plus what the saturated llm-large sheds to it: enough traffic to open its circuit within a second.
+FLAKY_EXECUTOR = "llm-medium"
+FLAKY_FAILURE_RATE = 0.1
+FLAKY_PERMANENT_SHARE = 0.2
+#: The circuit's cool-down in the demo (default 30 s): short enough that it closes again within the run.
+DEMO_CIRCUIT_COOLDOWN_S = 5.0
+
+
+def flaky_outage(tasks: int, rate: float) -> tuple[float, float]:
+    """The flaky executor's outage, in seconds after it starts (just before the workload does).
+
+    A fifth of the way into the workload, for at least 5 s (a fifth of it when longer): enough
+    failures in a row to open the circuit, and over before the cool-down ends, so the
+    half-open probes succeed and it closes again while tasks still flow.
+    """
+    duration = tasks / rate
+    start = max(3.0, 0.2 * duration)
+    return round(start, 1), round(start + max(5.0, 0.2 * duration), 1)
 
 
 def demo_policy(base: Policy) -> Policy:
@@ -71,7 +96,87 @@ def demo_settings(base: Settings, run_id: str, run_dir: Path) -> Settings:
     return base.namespaced(f"demo.{run_id}", **{
         "app_id": f"dispatch-demo-{run_id}", "redis_url": base.redis_url.rsplit("/", 1)[0] + "/1",
         "policy_file": run_dir / "policy.json", "metrics_port": process.free_ports(1)[0], "reservation_ttl_s": 120.0,
+        "circuit_cooldown_s": DEMO_CIRCUIT_COOLDOWN_S,
     })
+
+
+@dataclass
+class DemoAuditLog(AuditLog):
+    """The finance reader's log plus the circuit breaker changes (which finance does not keep)."""
+
+    circuits: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (executor, seq) -> event
+
+    def add(self, data: bytes) -> None:
+        schema, record = decode(data)
+        if schema is CIRCUIT:
+            self.raw_events += 1
+            self.circuits.setdefault((record["executor"], record["seq"]), record)
+        else:
+            super().add(data)
+
+
+def _when(value: Any) -> datetime:
+    """An event's timestamp: decoded Avro gives an aware datetime; tolerate ISO text and naive (UTC)."""
+    at = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def failure_summary(decisions: Iterable[dict[str, Any]], settlements: Iterable[dict[str, Any]],
+                    circuits: Iterable[dict[str, Any]], t0: datetime | None = None) -> dict[str, Any]:
+    """Executor failures, fallbacks and circuit changes of a run, from its audit events alone.
+
+    ``decisions``, ``settlements`` and ``circuits`` are decoded audit events, each once. A
+    failure is a settlement whose report outcome is ``failed`` (by ``error_class``) or
+    ``expired`` (the executor got to it after its deadline; not a reservation expiry, which has
+    no outcome); a fallback is a decision with attempt > 1 caused by ``executor_failure``. Circuit
+    changes are in each executor's order (``seq``), timed in seconds after ``t0`` (default: the
+    first decision).
+    """
+    decisions = list(decisions)
+    failures: Counter[str] = Counter()
+    by_executor: dict[str, Counter[str]] = defaultdict(Counter)
+    errors: Counter[str] = Counter()
+    for e in settlements:
+        outcome = e.get("outcome")
+        if outcome == "failed":
+            what = e.get("error_class") or "retryable"
+            errors[e.get("error") or "unknown"] += 1
+        elif outcome == "expired":
+            what = "expired"
+        else:
+            continue
+        failures[what] += 1
+        by_executor[e.get("executor") or "?"][what] += 1
+    fallbacks = [d for d in decisions if d.get("attempt", 1) > 1 and "executor_failure" in d["triggers"]]
+    fell_to: Counter[str] = Counter(d["executor"] or "rejected" for d in fallbacks)
+    if t0 is None:
+        t0 = min((_when(d["decided_at"]) for d in decisions), default=None)
+    changes: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for c in sorted(circuits, key=lambda c: (c["executor"], c["seq"])):
+        at = _when(c["changed_at"])
+        changes[c["executor"]].append({
+            "from": c["from_state"], "to": c["to_state"], "reason": c["reason"], "seq": c["seq"],
+            "at_s": round((at - t0).total_seconds(), 1) if t0 is not None else None,
+        })
+    return {
+        "executor_failures": {
+            "retryable": failures["retryable"], "permanent": failures["permanent"], "expired": failures["expired"],
+            "by_executor": {k: {w: v[w] for w in ("retryable", "permanent", "expired")} for k, v in sorted(by_executor.items())},
+            "by_error": dict(sorted(errors.items())),
+        },
+        "fallbacks": {
+            "decided": len(fallbacks),
+            "rejected": sum(1 for d in fallbacks if not d["assigned_tier"]),
+            "to_executor": dict(sorted(fell_to.items())),
+        },
+        "circuit_changes": dict(sorted(changes.items())),
+    }
+
+
+def circuit_line(executor: str, changes: list[dict[str, Any]]) -> str:
+    """``llm-medium: closed->open +21.3 s, open->half_open +26.3 s, ...``"""
+    steps = [f"{c['from']}->{c['to']}" + ("" if c["at_s"] is None else f" {c['at_s']:+.1f} s") for c in changes]
+    return f"{executor}: " + ", ".join(steps)
 
 
 async def _wait(cond: Callable[[], bool], what: str, procs: ProcessGroup, timeout_s: float) -> None:
@@ -132,11 +237,12 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
                   f"{SHADOW_SERVICE} in shadow mode, logs in {run_dir}", soft_wrap=True)
 
     procs = ProcessGroup(run_dir)  # the run dir is their cwd too
-    log, stop_reading = AuditLog(), asyncio.Event()
+    log, stop_reading = DemoAuditLog(), asyncio.Event()
+    outage = flaky_outage(tasks, rate)
     reader = asyncio.create_task(read_audit(s.kafka_bootstrap, s.topic_audit, log, stop_reading))
     try:
         procs.start("worker", s, "worker")
-        others = [e for e in policy.executors() if e != SMALL_EXECUTOR]
+        others = [e for e in policy.executors() if e not in (SMALL_EXECUTOR, FLAKY_EXECUTOR)]
         procs.start("executors", s, "executor", *others, "--capacity", "24")
         procs.start(SMALL_EXECUTOR, s, "executor", SMALL_EXECUTOR, "--capacity", "3")  # saturates: `load` fires
         async with TaskProducer(s) as producer:
@@ -146,7 +252,11 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
             probe_id = decision_id_for(PROBE_SERVICE, probe["task_id"])
             with console.status("starting the dispatcher worker and the executors..."):
                 await _wait(lambda: probe_id in log.settled(), "the worker and executors to start", procs, 180)
-            started = time.monotonic()
+            # started just before the workload, so its outage (seconds after it starts) falls inside it
+            procs.start(FLAKY_EXECUTOR, s, "executor", FLAKY_EXECUTOR, "--capacity", "24",
+                        "--failure-rate", str(FLAKY_FAILURE_RATE), "--permanent-share", str(FLAKY_PERMANENT_SHARE),
+                        "--outage", f"{outage[0]}:{outage[1]}")
+            started, started_at = time.monotonic(), datetime.now(UTC)
             expected = 0
             with _progress(console) as progress:
                 pub = progress.add_task("published", total=tasks)
@@ -181,7 +291,11 @@ async def run_pipeline_demo(stack_settings: Settings, *, tasks: int, rate: float
         log.raw_events -= 2
     dead = await _dead_letters(s)
     verified = await verify_topic(s)
-    summary = {"run_id": run_id, "tasks_in": tasks, **summarise(log), "dlq": sum(dead.values()), "dlq_reasons": dead,
+    failures = failure_summary(log.decisions.values(), log.settlements.values(), log.circuits.values(), started_at)
+    flaky = {"executor": FLAKY_EXECUTOR, "failure_rate": FLAKY_FAILURE_RATE, "permanent_share": FLAKY_PERMANENT_SHARE,
+             "outage_s": list(outage), "circuit_cooldown_s": DEMO_CIRCUIT_COOLDOWN_S}
+    summary = {"run_id": run_id, "tasks_in": tasks, **summarise(log), **failures, "flaky": flaky,
+               "dlq": sum(dead.values()), "dlq_reasons": dead,
                "budgets": await _budget_states(s, log), "audit_topic": s.topic_audit,
                "savings": savings(cost_rows(log)),
                "policy_version": policy.version, "audit_verified": verified.ok,
@@ -198,6 +312,27 @@ def _savings_line(total: dict[str, Any]) -> str:
     u, c = total["vs_untiered"], total["vs_complexity"]
     return (f"{u['saved']} of {u['baseline']} ({u['saved_pct']:.1f}%) / "
             f"{c['saved']} of {c['baseline']} ({c['saved_pct']:.1f}%)")
+
+
+def failure_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The closing report's rows on executor failures, fallbacks and circuits (zeros when none)."""
+    f, fb = summary["executor_failures"], summary["fallbacks"]
+    flaky = summary.get("flaky")
+    rows = []
+    if flaky:
+        rows.append(("flaky executor (failure rate, outage s after start, circuit cool-down s)",
+                     f"{flaky['executor']} ({flaky['failure_rate']:.0%}, {flaky['outage_s'][0]}-{flaky['outage_s'][1]}, "
+                     f"{flaky['circuit_cooldown_s']:g})"))
+    rows += [
+        ("executor failures retryable / permanent / expired", f"{f['retryable']} / {f['permanent']} / {f['expired']}"),
+        ("fallbacks decided (of them rejected)", f"{fb['decided']} ({fb['rejected']} rejected)"),
+    ]
+    changes = summary["circuit_changes"]
+    if not changes:
+        rows.append(("circuit changes", "none"))
+    for executor, steps in changes.items():
+        rows.append(("circuit changes (s after the workload began)", circuit_line(executor, steps)))
+    return rows
 
 
 def render(summary: dict[str, Any], console: Console) -> None:
@@ -232,6 +367,7 @@ def render(summary: dict[str, Any], console: Console) -> None:
          f"{summary['decision_p50_ms']} / {summary['decision_p95_ms']} / {summary['decision_p99_ms']}"),
         ("end-to-end p50 / p95 (ms, produced -> at executor)", f"{summary['e2e_p50_ms']} / {summary['e2e_p95_ms']}"),
     ]
+    rows.extend(failure_rows(summary))
     for k, v in rows:
         totals.add_row(k, v)
     for table in (by_class, triggers, budgets, totals):

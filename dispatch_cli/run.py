@@ -37,6 +37,16 @@ def executor(
              "the process re-runs what it had claimed under it")] = None,
     max_cost_ratio: Annotated[float | None, typer.Option(
         help="cap each actual cost at this multiple of the estimate (1 = never above it); default: no cap")] = None,
+    failure_rate: Annotated[float, typer.Option(
+        help="share of runs that fail (deterministic per decision id)", min=0.0, max=1.0)] = 0.0,
+    permanent_share: Annotated[float, typer.Option(
+        help="share of those failures that are permanent (invalid_input); the rest are retryable "
+             "(timeout, overloaded, unavailable)", min=0.0, max=1.0)] = 0.0,
+    outage: Annotated[list[str] | None, typer.Option(
+        help="START:END seconds after the executor starts during which every run fails retryably "
+             "(unavailable) at once, costing nothing; repeatable", metavar="START:END")] = None,
+    partial_cost: Annotated[float, typer.Option(
+        help="share of the estimate a failed run reports as its cost (outage failures: 0)", min=0.0, max=1.0)] = 0.3,
 ) -> None:
     """Run example executors: consume their tier topics, claim and simulate work, report cost and load."""
     from workers.executor import run_executors
@@ -49,6 +59,7 @@ def executor(
             policy.tier_of_executor(n)
     if not chosen:
         fail("name at least one executor, or --all; the policy has: " + ", ".join(policy.executors()))
+    outages = tuple(parse_outage(o) for o in outage or [])
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -56,9 +67,23 @@ def executor(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await run_executors(settings, policy, chosen, capacity=capacity, latency_scale=latency_scale, stop=stop,
-                            instance=instance or settings.worker_id, lease_s=lease_s, max_cost_ratio=max_cost_ratio)
+                            instance=instance or settings.worker_id, lease_s=lease_s, max_cost_ratio=max_cost_ratio,
+                            failure_rate=failure_rate, permanent_share=permanent_share, outages=outages,
+                            partial_cost=partial_cost)
 
     asyncio.run(main())
+
+
+def parse_outage(text: str) -> tuple[float, float]:
+    """``--outage START:END`` (seconds after the executor starts) -> (start, end); fails on anything else."""
+    start, sep, end = text.partition(":")
+    try:
+        window = (float(start), float(end))
+    except ValueError:
+        window = (-1.0, -1.0)
+    if not sep or not 0 <= window[0] < window[1] or window[1] == float("inf"):
+        fail(f"--outage {text!r}: give START:END in seconds after the executor starts, 0 <= START < END")
+    return window
 
 
 def submit(
