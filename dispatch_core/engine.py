@@ -4,7 +4,11 @@ No I/O and no clock of its own: the same task, snapshot, policy and ``now`` alwa
 same decision. One standard order for every workload class:
 
     classify -> map to a tier (thresholds, force rules, requested tier)
-    -> sla_guard -> load -> budget_soft / trend -> budget_hard -> shadow
+    -> sla_guard -> circuit -> load -> budget_soft / trend -> budget_hard -> shadow
+
+A fallback after an executor failure (``Retry``) is decided the same way on a restricted
+ladder: the tiers its class's fallback rule allows, that the failed executors do not serve,
+and that fit the time left before the task's deadline.
 
 The ``Plan`` it returns is what the ledger must commit atomically (reservation, baseline
 update, trend flags); ``apply_plan`` replays that commit on a snapshot so a batch of
@@ -22,7 +26,7 @@ from typing import Any
 
 from dispatch_core import keys
 from dispatch_core.version import __version__
-from dispatch_core.circuit import CircuitView
+from dispatch_core.circuit import CircuitConfig, CircuitView, is_probe
 from dispatch_core.classify import Baseline, score, update_baseline
 from dispatch_core.decision import (
     Arm,
@@ -31,12 +35,13 @@ from dispatch_core.decision import (
     Mode,
     Outcome,
     Trigger,
+    attempt_decision_id,
     conflict_decision_id,
-    decision_id_for,
     invalid_decision_id,
 )
 from dispatch_core.money import from_micros, quantize, to_micros
 from dispatch_core.policy import Budget, ClassPolicy, ComplexityModel, Policy, Tier
+from dispatch_core.settlement import CircuitState
 from dispatch_core.task import Task, WorkloadClass
 from dispatch_core.windows import WindowSpan, window_at
 
@@ -76,7 +81,26 @@ class Snapshot:
     scopes: dict[str, ScopeState] = field(default_factory=dict)
     baselines: dict[str, Baseline] = field(default_factory=dict)
     load: dict[str, LoadReport] = field(default_factory=dict)
-    circuits: dict[str, CircuitView] = field(default_factory=dict)  # executors whose circuit is not closed
+    circuits: dict[str, CircuitView] = field(default_factory=dict)  # executor -> view; closed ones not listed
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A fallback to decide after an executor failed a task with a retryable error.
+
+    Carries what the failed attempt's decision knew, so the fallback is decided without
+    reading that decision back: its id, its tier, the executors already tried, its deadline.
+    """
+
+    attempt: int  # the attempt number of the decision to make (>= 2)
+    parent_decision_id: str  # the failed attempt's decision id
+    failed_tier: str  # the tier the failed attempt was assigned
+    excluded: tuple[str, ...]  # executors that failed this task so far, the one that just failed included
+    deadline: datetime  # the task's deadline, fixed by its first decision
+
+    def __post_init__(self) -> None:
+        if self.attempt < 2:
+            raise ValueError(f"a retry is attempt 2 or later, got {self.attempt}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +125,8 @@ class Plan:
     complexity: ComplexityModel  # how the baseline update is computed (mirrored by the Lua)
     trend_flags: tuple[tuple[str, bool, int], ...]  # (budget key, flag, key expiry ms)
     expires_at_ms: int
+    # False for a fallback: its task already moved the rolling baseline once, at its first decision
+    update_baseline: bool = True
 
 
 def estimate(tier: Tier, task: Task) -> Decimal:
@@ -197,23 +223,46 @@ class _Work:
     scopes: list[_Scope]
     cur: int | None
     costs: list[Decimal]  # the estimate on each tier of the class, computed once
+    decision_id: str  # decides which decisions probe a half-open circuit
+    sla: float  # what a tier's p95 must fit: the task's SLA; for a fallback, the time left
+    probe_pct: float
+    # a fallback's candidate tiers, in the order it tries them; None (a first decision): every tier
+    allowed: list[int] | None = None
     triggers: list[Trigger] = field(default_factory=list)
     why: list[str] = field(default_factory=list)
-
-    @property
-    def sla(self) -> float:
-        return self.task.effective_sla_ms
 
     def name(self, i: int | None) -> str | None:
         return self.cls.tiers[i].name if i is not None else None
 
     def eligible(self, i: int) -> bool:
-        return self.cls.tiers[i].p95_ms <= self.sla
+        """Tier i meets the SLA (a fallback: the time left) and the fallback allows it."""
+        return self.cls.tiers[i].p95_ms <= self.sla and (self.allowed is None or i in self.allowed)
+
+    def circuit_state(self, i: int) -> CircuitState | None:
+        """The state of tier i's executor's circuit, None when closed."""
+        view = self.snap.circuits.get(self.cls.tiers[i].executor)
+        return view.state if view is not None and view.state != "closed" else None
+
+    def available(self, i: int) -> bool:
+        """Tier i's executor takes this decision: its circuit is closed, or half-open and this is a probe.
+
+        Kept apart from ``eligible`` so that a circuit is never recorded as an SLA reason.
+        """
+        state = self.circuit_state(i)
+        return state is None or (state == "half_open" and is_probe(self.decision_id, self.probe_pct))
+
+    def usable(self, i: int) -> bool:
+        return self.eligible(i) and self.available(i)
+
+    @property
+    def fit_text(self) -> str:
+        """What the tiers must fit, for reasons: the SLA, or a fallback's time left."""
+        return f"{self.sla:g} ms SLA" if self.allowed is None else f"{self.sla:.0f} ms left"
 
     def step_down(self, ok: Callable[[int], bool] = lambda i: True) -> int | None:
-        """The next cheaper tier below the current one that meets the SLA (and ``ok``), if any."""
+        """The next cheaper tier below the current one that is usable (and ``ok``), if any."""
         assert self.cur is not None
-        return next((i for i in range(self.cur - 1, -1, -1) if self.eligible(i) and ok(i)), None)
+        return next((i for i in range(self.cur - 1, -1, -1) if self.usable(i) and ok(i)), None)
 
     def move(self, trigger: Trigger, to: int | None, reason: str) -> None:
         self.triggers.append(trigger)
@@ -227,18 +276,78 @@ class _Work:
             return 0.0
         return rep.saturation
 
+    # --- a fallback's starting point, before the standard triggers --------------------
+
+    def fall_back(self, retry: Retry) -> int | None:
+        """Restrict the ladder to the fallback's candidates and start on the first that fits the time left.
+
+        Returns the failed tier's index: what the retried task "asked" for, so the outcome
+        says downgraded for a cheaper fallback and rerouted for a more capable one.
+        """
+        rule, failed = self.cls.fallback_rule, self.cls.index(retry.failed_tier)
+        executor = self.cls.tiers[failed].executor if failed is not None else retry.failed_tier
+        head = f"executor {executor} failed (attempt {retry.attempt - 1})"
+        self.allowed = []
+        if retry.attempt > rule.max_attempts:
+            self.move(Trigger.EXECUTOR_FAILURE, None, f"{head}; attempt {retry.attempt} > max_attempts "
+                                                      f"{rule.max_attempts}: fallback chain exhausted")
+            return failed
+        if failed is None:
+            self.move(Trigger.EXECUTOR_FAILURE, None, f"{head}; {retry.failed_tier!r} is not a "
+                                                      f"{self.task.workload.value} tier: no fallback")
+            return None
+        if rule.direction == "cheaper":
+            order = list(range(failed - 1, -1, -1))
+        elif rule.direction == "more_capable":
+            order = list(range(failed + 1, len(self.cls.tiers)))
+        else:
+            pos = rule.chain.index(retry.failed_tier) + 1 if retry.failed_tier in rule.chain else 0
+            order = [i for t in rule.chain[pos:] if (i := self.cls.index(t)) is not None]
+        self.allowed = [i for i in order if self.cls.tiers[i].executor not in retry.excluded]
+        new = next((i for i in self.allowed if self.eligible(i)), None)
+        left = self.fit_text
+        what = {"cheaper": "cheaper tier", "more_capable": "more capable tier", "chain": "tier of the chain"}
+        if not self.allowed:
+            tried = f" (failed so far: {', '.join(retry.excluded)})" if retry.excluded else ""
+            reason = f"{head}: no {what[rule.direction]} left to fall back to{tried}"
+        elif new is None:
+            p95s = ", ".join(f"{self.name(i)} p95 {self.cls.tiers[i].p95_ms:g} ms" for i in self.allowed)
+            reason = f"{head}: no {what[rule.direction]} fits the {left} ({p95s})"
+        else:
+            reason = f"{head}: fallback {rule.direction} to {self.name(new)}, {left}"
+        self.move(Trigger.EXECUTOR_FAILURE, new, reason)
+        return failed
+
     # --- the standard triggers, applied in this order by decide() ---------------------
 
     def sla_guard(self) -> None:
         if self.cur is None or self.eligible(self.cur):
             return
-        below = self.step_down()
+        below = next((i for i in range(self.cur - 1, -1, -1) if self.eligible(i)), None)
         above = next((i for i in range(self.cur + 1, len(self.cls.tiers)) if self.eligible(i)), None)
         new = below if below is not None else above
         tier = self.cls.tiers[self.cur]
         reason = (f"no tier meets the {self.sla:g} ms SLA" if new is None
                   else f"{tier.name} p95 {tier.p95_ms:g} ms > SLA {self.sla:g} ms: {self.name(new)}")
         self.move(Trigger.SLA_GUARD, new, reason)
+
+    def circuit(self) -> None:
+        """Avoid an executor whose circuit is open (or half-open, unless this decision probes it)."""
+        if self.cur is None or (state := self.circuit_state(self.cur)) is None:
+            return
+        executor = self.cls.tiers[self.cur].executor
+        if self.available(self.cur):
+            self.why.append(f"{executor} circuit half_open: this decision is one of its probes")
+            return
+        # nearest cheaper first, then nearest more capable; a fallback tries its candidates in
+        # its own order (the same thing for the cheaper and more_capable directions)
+        order = self.allowed if self.allowed is not None else [
+            *range(self.cur - 1, -1, -1), *range(self.cur + 1, len(self.cls.tiers))]
+        new = next((i for i in order if self.usable(i)), None)
+        what = f"{executor} circuit {state}" + (" (not a probe)" if state == "half_open" else "")
+        reason = (f"{what}: no available tier meets the {self.fit_text}: rejected" if new is None
+                  else f"{what}: {self.name(new)}")
+        self.move(Trigger.CIRCUIT_OPEN, new, reason)
 
     def load(self) -> None:
         lt = self.policy.triggers.load
@@ -274,8 +383,9 @@ class _Work:
         if not tight:
             return
         fit = next((i for i in range(self.cur, -1, -1)
-                    if self.eligible(i) and all(s.fits(amounts[i]) for s in self.scopes)), None)
-        reason = (f"no tier meeting the SLA fits under the cap of {', '.join(tight)}" if fit is None
+                    if self.usable(i) and all(s.fits(amounts[i]) for s in self.scopes)), None)
+        meeting = "the SLA" if self.allowed is None else "the time left"
+        reason = (f"no tier meeting {meeting} fits under the cap of {', '.join(tight)}" if fit is None
                   else f"{self.name(self.cur)} would cross the cap of {', '.join(tight)}: {self.name(fit)}")
         self.move(Trigger.BUDGET_HARD, fit, reason)
 
@@ -289,53 +399,71 @@ def decide(
     mode: Mode = "enforce",
     arm: Arm = "stable",
     reservation_ttl_s: float = 600.0,
+    circuit: CircuitConfig = CircuitConfig(),
+    retry: Retry | None = None,
 ) -> Plan:
-    """Decide where ``task`` goes under ``policy`` given the ledger ``snap`` at ``now``."""
+    """Decide where ``task`` goes under ``policy`` given the ledger ``snap`` at ``now``.
+
+    With ``retry``, the decision is the fallback after a failed attempt: force rules and
+    requested tiers were honoured by the first decision and do not apply again.
+    """
     t0 = time.perf_counter()
     cls = policy.classes[task.workload]
     bkey = keys.baseline(task.service, task.task_type)
     cx = score(task, cls.complexity, snap.baselines.get(bkey, Baseline()))
     mapped, rule_id = _map_tier(policy, cls, task, cx.score)
     costs = [estimate(t, task) for t in cls.tiers]
-    w = _Work(task, policy, cls, snap, now, _scopes(policy, task, snap, now) if mode != "off" else [], mapped, costs)
+    attempt = retry.attempt if retry is not None else 1
+    did = attempt_decision_id(task.service, task.task_id, attempt)
+    deadline = retry.deadline if retry is not None else task.created_at + timedelta(milliseconds=task.effective_sla_ms)
+    time_left = (deadline - now) / timedelta(milliseconds=1)
+    w = _Work(task, policy, cls, snap, now, _scopes(policy, task, snap, now) if mode != "off" else [], mapped, costs,
+              did, time_left if retry is not None else task.effective_sla_ms, circuit.probe_pct)
     w.why.append(f"complexity {cx.score:.3f} maps to {w.name(mapped)} ({rule_id})")
 
-    # a force rule wins, then an allowed requested tier
-    rule = next((r for r in policy.rules if r.matches(task)), None)
-    if rule is not None:
-        rule_id = f"rules.{rule.id}"
-        w.move(Trigger.POLICY, cls.index(rule.tier), f"rule {rule.id} forces {rule.tier}")
-    elif task.requested_tier is not None:
-        req = cls.index(task.requested_tier)
-        if req is None:
-            w.move(Trigger.POLICY, None, f"requested tier {task.requested_tier!r} is not a {task.workload.value} tier")
-        elif cls.honour_requested_tier:
-            rule_id, w.cur = f"{task.workload.value}.requested", req
-            w.why.append(f"requested tier {task.requested_tier} honoured")
-        else:
-            w.why.append(f"requested tier {task.requested_tier} ignored: policy does not honour requests")
-    asked = w.cur
+    if retry is not None:
+        rule_id = f"{task.workload.value}.fallback.{cls.fallback_rule.direction}"
+        asked = w.fall_back(retry)
+    else:  # a force rule wins, then an allowed requested tier
+        rule = next((r for r in policy.rules if r.matches(task)), None)
+        if rule is not None:
+            rule_id = f"rules.{rule.id}"
+            w.move(Trigger.POLICY, cls.index(rule.tier), f"rule {rule.id} forces {rule.tier}")
+        elif task.requested_tier is not None:
+            req = cls.index(task.requested_tier)
+            if req is None:
+                w.move(Trigger.POLICY, None,
+                       f"requested tier {task.requested_tier!r} is not a {task.workload.value} tier")
+            elif cls.honour_requested_tier:
+                rule_id, w.cur = f"{task.workload.value}.requested", req
+                w.why.append(f"requested tier {task.requested_tier} honoured")
+            else:
+                w.why.append(f"requested tier {task.requested_tier} ignored: policy does not honour requests")
+        asked = w.cur
+    unenforced = w.cur  # where shadow and off route: as asked, or a fallback's first candidate that fits
+    as_asked = "routed as asked" if retry is None else "routed to the fallback"
 
     if mode == "off":
         w.triggers.append(Trigger.FLAG)
-        w.why.append("service adoption flag is off: routed as asked, unmanaged")
+        w.why.append(f"service adoption flag is off: {as_asked}, unmanaged")
     else:
         w.sla_guard()
+        w.circuit()
         w.load()
         w.budget_pressure()
         w.budget_hard()
     enforced = assigned = w.cur
     if mode == "shadow":
-        assigned = asked
+        assigned = unenforced
         w.triggers.append(Trigger.SHADOW)
-        w.why.append(f"shadow mode: enforcement would give {w.name(enforced) or 'reject'}; routed as asked")
+        w.why.append(f"shadow mode: enforcement would give {w.name(enforced) or 'reject'}; {as_asked}")
 
     amount = to_micros(costs[assigned]) if assigned is not None and mode != "off" else 0
     est_asked = costs[asked if asked is not None else mapped]
     requested = cls.index(task.requested_tier) if task.requested_tier is not None else None
     untiered = requested if requested is not None else len(cls.tiers) - 1
     decision = Decision(
-        decision_id=decision_id_for(task.service, task.task_id), task_hash=task.content_hash,
+        decision_id=did, task_hash=task.content_hash,
         task_id=task.task_id, service=task.service, workload=task.workload, task_type=task.task_type,
         tenant=task.tenant, outcome=_outcome(asked, assigned), mode=mode, canary_arm=arm,
         policy_version=policy.version, policy_name=policy.name, rule_id=rule_id,
@@ -346,12 +474,17 @@ def decide(
         triggers=w.triggers, rationale="; ".join(w.why), currency=policy.currency,
         estimate_asked=est_asked,
         estimate_assigned=costs[assigned] if assigned is not None else Decimal(0),
-        reserved=from_micros(amount), budgets=[s.state_after(amount) for s in w.scopes], sla_ms=w.sla,
+        reserved=from_micros(amount), budgets=[s.state_after(amount) for s in w.scopes],
+        sla_ms=task.effective_sla_ms,
         executor_p95_ms=cls.tiers[assigned].p95_ms if assigned is not None else None,
         engine_version=__version__, decided_at=now,
         complexity_tier=w.name(mapped), estimate_complexity=costs[mapped],
         untiered_tier=w.name(untiered), estimate_untiered=costs[untiered],
         executor_load={t.executor: w.saturation(i) for i, t in enumerate(cls.tiers)},
+        attempt=attempt, parent_decision_id=retry.parent_decision_id if retry is not None else None,
+        excluded_executors=list(retry.excluded) if retry is not None else [],
+        deadline=deadline, time_left_ms=time_left,
+        executor_circuits={t.executor: s for i, t in enumerate(cls.tiers) if (s := w.circuit_state(i)) is not None},
         decision_latency_ms=(time.perf_counter() - t0) * 1000.0,
     )
     return Plan(
@@ -364,6 +497,7 @@ def decide(
         complexity=cls.complexity,
         trend_flags=tuple((s.key, s.trend_now, s.expire_at_ms) for s in w.scopes if s.trend_now != s.state.trend),
         expires_at_ms=int(now.timestamp() * 1000) + int(reservation_ttl_s * 1000),
+        update_baseline=retry is None,
     )
 
 
@@ -444,8 +578,9 @@ def apply_plan(snap: Snapshot, plan: Plan) -> None:
     for c in plan.charges:
         s = snap.scopes.get(c.key, ScopeState())
         snap.scopes[c.key] = ScopeState(s.spent, s.reserved + plan.amount, s.trend)
-    base = snap.baselines.get(plan.baseline_key, Baseline())
-    snap.baselines[plan.baseline_key] = update_baseline(base, plan.raw_complexity, plan.complexity)
+    if plan.update_baseline:
+        base = snap.baselines.get(plan.baseline_key, Baseline())
+        snap.baselines[plan.baseline_key] = update_baseline(base, plan.raw_complexity, plan.complexity)
 
 
 def invalid(raw: Mapping[str, Any], error: str, policy: Policy, now: datetime) -> Decision:

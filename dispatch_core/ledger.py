@@ -246,7 +246,7 @@ class RedisLedger:
                            "m0": model.prior_mean, "v0": model.prior_std**2},
                     "tr": [[k, 1 if f else 0, exp] for k, f, exp in plan.trend_flags],
             }
-            if not getattr(plan, "update_baseline", True):  # TODO engine merge: plan.update_baseline
+            if not plan.update_baseline:
                 item["nb"] = True
             if parent is not None:
                 item["p"] = {"d": parent.decision_id, "act": to_micros(parent.actual), "rid": parent.identity,

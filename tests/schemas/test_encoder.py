@@ -48,7 +48,7 @@ def _keys(policy, task):
 @pytest.mark.parametrize("decision", decisions(), ids=lambda d: f"{d.outcome}-{d.mode}")
 def test_decision_events_are_byte_identical_to_fastavro(decision):
     record = {"link": None, **decision.model_dump(mode="json")}  # fastavro needs plain values...
-    record = {**record, **{k: getattr(decision, k) for k in ("decided_at", "reserved", "estimate_asked",
+    record = {**record, **{k: getattr(decision, k) for k in ("decided_at", "deadline", "reserved", "estimate_asked",
                                                                  "estimate_assigned", "estimate_complexity",
                                                                  "estimate_untiered")}}
     record["budgets"] = [b.model_dump() for b in decision.budgets]
