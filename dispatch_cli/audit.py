@@ -12,7 +12,7 @@ from dispatch_core.settings import get_settings
 from stack.kafka import quiet_aiokafka
 from streams.audit import verify_topic
 from streams.outputs import chain_key
-from workers.explain import check_link, explain, find, jsonable
+from workers.explain import attempts, chains, check_link, circuit_changes, explain, find, jsonable
 
 from .finance import AuditTopic, StorePath, open_store_or_fail, sync_store
 from .output import console, fail, run
@@ -62,7 +62,8 @@ def explain_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Everything about one decision: inputs, policy and rule, complexity, each trigger in order,
-    budgets before and after, rationale, settlement, and whether its chain link verifies."""
+    budgets before and after, rationale, settlement, and whether its chain link verifies; for a task
+    that fell back after executor failures, every attempt (any attempt's id shows the whole chain)."""
     s = get_settings()
     path, topic = store or s.finance_store_path, audit_topic or s.topic_audit
     if not no_sync:
@@ -71,19 +72,55 @@ def explain_cmd(
         found = find(st, ident)
         if not found:
             fail(f"no decision with id or task id {ident!r} in {path} (synced from {topic})")
+        groups = []
         with quiet_aiokafka():
-            out = [{**explain(st, d), "chain_link": run(check_link(s.kafka_bootstrap, d, st, chain_key(s)))}
-                   for d in found]
+            for chain in chains(st, found):
+                steps, circuits = attempts(st, chain), circuit_changes(st, chain)
+                groups.append((steps, circuits, [
+                    {**explain(st, d), "attempts": steps, "circuits": circuits,
+                     "chain_link": run(check_link(s.kafka_bootstrap, d, st, chain_key(s)))} for d in chain]))
+    out = [e for _, _, explained in groups for e in explained]
     if as_json:
         print(json.dumps(jsonable(out if len(out) > 1 else out[0]), indent=2))
         return
-    for e in out:
-        _render_explanation(e)
+    for steps, circuits, explained in groups:
+        _render_attempts(explained[0]["task"]["service"], explained[0]["task_id"], steps, circuits)
+        for e in explained:
+            _render_explanation(e)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _render_attempts(service: str, task_id: str, steps: list[dict[str, Any]], circuits: list[dict[str, Any]]) -> None:
+    """The chain of attempts, each with its executor's report and the attempt that replaced it."""
+    table = Table("attempt", "decision", "outcome", "tier", "executor", "triggers", "time left ms", "report",
+                  "error", "actual", "queue share", "next attempt",
+                  title=f"attempts of task {task_id} ({service})",
+                  title_justify="left")
+    for a in steps:
+        st = a["settlement"]
+        error = f"{st['error_class']}: {st['error'] or '-'}" if st["error_class"] else ""
+        share = "" if st["queue_share"] is None else f"{st['queue_share']:.2f}"
+        table.add_row(str(a["attempt"]), a["decision_id"], a["outcome"], a["tier"] or "-", a["executor"] or "-",
+                      ",".join(a["triggers"]) or "-", _ms(a["time_left_ms"]),
+                      st["report_outcome"] or st["status"].split(":")[0], error,
+                      "-" if st["actual"] is None else str(st["actual"]), share, a["next_decision_id"] or "-")
+    console.print(table)
+    if circuits:
+        ct = Table("changed at", "executor", "seq", "from", "to", "reason", "failures/calls", "by decision",
+                   title="circuit changes of these executors (the last before, and during)", title_justify="left")
+        for c in circuits:
+            ct.add_row(str(c["changed_at"]), c["executor"], str(c["seq"]), c["from_state"], c["to_state"], c["reason"],
+                       f"{c['failures']}/{c['calls']}", c["decision_id"] or "-")
+        console.print(ct)
 
 
 def _render_explanation(e: dict[str, Any]) -> None:
     t, p, c, m = e["task"], e["policy"], e["complexity"], e["money"]
-    console.print(f"[bold]decision {e['decision_id']}[/] for task {e['task_id']}: {e['outcome']} at {e['decided_at']}")
+    console.print(f"[bold]decision {e['decision_id']}[/] for task {e['task_id']} (attempt {e['attempt']}): "
+                  f"{e['outcome']} at {e['decided_at']}", soft_wrap=True)
     console.print(f"task: {t['service']} / {t['tenant']} / {t['workload']} {t['task_type']}, requested "
                   f"{t['requested_tier'] or '-'}, SLA {t['sla_ms']:g} ms, features {json.dumps(t['features'])}",
                   soft_wrap=True)

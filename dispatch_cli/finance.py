@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from dispatch_core.settings import Settings, get_settings
+from workers.finance_report import FAILURE_COLUMNS
 from workers.finance_report import report as build_report
 from workers.finance_store import Applied, FinanceStore, SyncResult, open_store, sync
 
@@ -123,7 +124,8 @@ def report(
     as_json: AsJson = False,
     html: Annotated[Path | None, typer.Option("--html", help="also write a self-contained HTML page here")] = None,
 ) -> None:
-    """Spend, savings, triggers, SLA risk, adoption and canary vs stable, from the finance store (synced first)."""
+    """Spend, savings, triggers, SLA risk, adoption, canary vs stable and executor failures, from the finance
+    store (synced first)."""
     s = get_settings()
     path, topic = store or s.finance_store_path, audit_topic or s.topic_audit
     start, end = _when("--since", since), _when("--until", until)
@@ -174,8 +176,12 @@ def render(data: dict[str, Any]) -> None:
         for arm, r in by_arm.items():
             arms.add_row(name, arm, str(r["tasks"]), _cell(r["cost_per_task"]), _cell(r["downgrade_pct"]),
                          _cell(r["rejection_pct"]), _cell(r["dispatch_p50_ms"]), _cell(r["dispatch_p95_ms"]))
-    for t in (svc, sav, trig, risk, adopt, arms):
+    fails = Table(*FAILURE_COLUMNS.values(), title="executor failures", title_justify="left")
+    for name, r in data["executor_failures"]["executors"].items():
+        fails.add_row(name, *(_cell(r[k]) for k in list(FAILURE_COLUMNS)[1:]))
+    for t in (svc, sav, trig, risk, adopt, arms, fails):
         console.print(t)
+    console.print(data["executor_failures"]["extra_cost_rule"], soft_wrap=True)
     sun = data["adoption"]["sunset"]
     verdict = "FLAG: fewer than 3 services in enforce mode" if sun["flag"] else (
         "ok" if sun["due"] else f"not due yet (review at {sun['review_at']})")

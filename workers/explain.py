@@ -1,5 +1,9 @@
 """``dispatch audit explain``: one decision reconstructed from the finance store, and its chain link checked.
 
+A task that failed over is several decisions (attempts 1, 2...: each fallback links to the failed
+attempt as its parent); ``chains`` gathers them, and ``attempts`` lays each chain out with each
+attempt's settlement and the link to the next one, so any attempt's id explains the whole chain.
+
 Everything comes from what the decision event recorded (the engine writes its inputs, the
 baseline, the budget states and the executor load it saw onto the event), so an explanation
 months later needs nothing but the store and, to check the link, the audit topic.
@@ -16,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from schemas.chain import GENESIS, HMAC, content_of, link_matches
 from schemas.codec import AuditEncodingError, read_body
 from schemas.registry import split  # either format: single-object, or Confluent through the registry
+from workers.finance_rules import ACTUAL_KINDS
 from workers.finance_store import FinanceStore, dict_rows
 
 #: The standard triggers in the order the engine applies them, with the words its rationale uses.
@@ -29,7 +34,8 @@ STANDARD = [
 ]
 #: Triggers that describe the decision's circumstances rather than a step down.
 CIRCUMSTANCES = [("shadow", ("shadow mode",)), ("flag", ("adoption flag",)),
-                 ("ledger_unavailable", ("Redis", "ledger")), ("invalid", ("",)), ("conflict", ("",))]
+                 ("ledger_unavailable", ("Redis", "ledger")), ("invalid", ("",)), ("conflict", ("",)),
+                 ("executor_failure", ("fall", "fail")), ("circuit_open", ("circuit",))]
 
 
 def _rows(store: FinanceStore, sql: str, params: list[Any]) -> list[dict[str, Any]]:
@@ -40,6 +46,81 @@ def find(store: FinanceStore, ident: str) -> list[dict[str, Any]]:
     """Decisions with this decision id, or for this task id (a reused id has several), oldest first."""
     return _rows(store, "SELECT * FROM decisions WHERE decision_id = ? OR task_id = ? ORDER BY decided_at",
                  [ident, ident])
+
+
+def chains(store: FinanceStore, found: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The chains of attempts the ``found`` decisions belong to, each oldest attempt first, the chains
+    in the order their first attempts were decided. A chain is a first decision and the fallbacks
+    linked to it by ``parent_decision_id``; a decision whose parent is not in the store starts one."""
+    tasks = sorted({(d["service"], d["task_id"]) for d in found})
+    every = _rows(store, "SELECT * FROM decisions WHERE list_contains(?, [service, task_id]) "
+                         "ORDER BY attempt, decided_at, decision_id", [[list(t) for t in tasks]])
+    by_id = {d["decision_id"]: d for d in every}
+    child: dict[str, dict[str, Any]] = {}
+    for d in every:
+        if d["parent_decision_id"] in by_id:
+            child.setdefault(d["parent_decision_id"], d)
+
+    def root(d: dict[str, Any]) -> dict[str, Any]:
+        seen = {d["decision_id"]}
+        while d["parent_decision_id"] in by_id and d["parent_decision_id"] not in seen:
+            d = by_id[d["parent_decision_id"]]
+            seen.add(d["decision_id"])
+        return d
+
+    roots = {r["decision_id"]: r for r in (root(by_id.get(d["decision_id"], d)) for d in found)}
+    out = []
+    for r in sorted(roots.values(), key=lambda r: (r["decided_at"], r["decision_id"])):
+        chain, ids = [r], {r["decision_id"]}
+        while chain[-1]["decision_id"] in child and child[chain[-1]["decision_id"]]["decision_id"] not in ids:
+            chain.append(child[chain[-1]["decision_id"]])
+            ids.add(chain[-1]["decision_id"])
+        out.append(chain)
+    return out
+
+
+def _settlements(store: FinanceStore, decision_id: str) -> list[dict[str, Any]]:
+    return _rows(store, "SELECT * FROM settlements WHERE decision_id = ? ORDER BY recorded_at, kind", [decision_id])
+
+
+def attempts(store: FinanceStore, chain: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each attempt of a chain: where it went and why, what its executor reported, and the next attempt."""
+    out = []
+    for i, d in enumerate(chain):
+        st = settlement_summary(d, _settlements(store, d["decision_id"]))
+        nxt = chain[i + 1]["decision_id"] if i + 1 < len(chain) else st["fallback_decision_id"]
+        out.append({
+            "attempt": d["attempt"], "decision_id": d["decision_id"], "parent_decision_id": d["parent_decision_id"],
+            "decided_at": d["decided_at"], "outcome": d["outcome"], "tier": d["assigned_tier"],
+            "executor": d["executor"], "triggers": list(d["triggers"] or []),
+            "excluded_executors": list(d["excluded_executors"] or []),
+            "executor_circuits": json.loads(d["executor_circuits"] or "{}"),
+            "deadline": d["deadline"], "time_left_ms": d["time_left_ms"], "estimate": d["estimate_assigned"],
+            "settlement": {k: st[k] for k in ("status", "report_outcome", "error_class", "error", "actual",
+                                              "dispatch_ms", "sla_ms", "queue_share")},
+            "next_decision_id": nxt,
+        })
+    return out
+
+
+def circuit_changes(store: FinanceStore, chain: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The circuit changes of the chain's executors while it ran (first decision to last settlement),
+    and each one's last change before it (the state the first attempt saw)."""
+    executors = sorted({d["executor"] for d in chain if d["executor"]}
+                       | {e for d in chain for e in (d["excluded_executors"] or [])})
+    if not executors:
+        return []
+    lo = min(d["decided_at"] for d in chain)
+    ends = _rows(store, "SELECT max(recorded_at) AS hi FROM settlements WHERE list_contains(?, decision_id)",
+                 [[d["decision_id"] for d in chain]])
+    hi = max([d["decided_at"] for d in chain] + [e["hi"] for e in ends if e["hi"] is not None])
+    return _rows(store, """
+        SELECT executor, seq, from_state, to_state, reason, calls, failures, consecutive_failures, changed_at,
+               decision_id
+        FROM circuits c WHERE list_contains(?, executor) AND changed_at <= ?
+          AND (changed_at >= ? OR seq = (SELECT max(seq) FROM circuits p WHERE p.executor = c.executor
+                                          AND p.changed_at < ?))
+        ORDER BY changed_at, executor, seq""", [executors, hi, lo, lo])
 
 
 def _evidence(trigger: str, d: dict[str, Any], budgets: list[dict[str, Any]]) -> str:
@@ -82,11 +163,20 @@ def triggers(d: dict[str, Any], budgets: list[dict[str, Any]]) -> list[dict[str,
 
 
 def settlement_summary(d: dict[str, Any], settlements: list[dict[str, Any]]) -> dict[str, Any]:
-    """Estimate against actual, or what became of the reservation."""
+    """Estimate against actual, or what became of the reservation; the executor's outcome (failed with
+    its error class and code, or expired at its deadline), and the share of the SLA spent queueing."""
     kinds = {s["kind"]: s for s in settlements}
-    actual = next((kinds[k]["actual"] for k in ("settled", "settled_late", "unreserved") if k in kinds), None)
-    if actual is not None:
-        status = "settled" if "settled" in kinds else ("settled late" if "settled_late" in kinds else "unreserved")
+    main = next((kinds[k] for k in ACTUAL_KINDS if k in kinds and kinds[k]["actual"] is not None), None)
+    actual = None if main is None else main["actual"]
+    report = main or {}
+    sla_ms = report.get("sla_ms") or d["sla_ms"]  # settlements before v4 do not carry it: the decision's
+    dispatch_ms = report.get("dispatch_ms")
+    if main is not None and report.get("outcome") == "failed":
+        status = f"failed ({report['error_class']}: {report['error'] or 'no code'}), charged the partial cost"
+    elif main is not None and report.get("outcome") == "expired":
+        status = "expired: its deadline had passed when the executor got to it; not run"
+    elif main is not None:
+        status = {"settled": "settled", "settled_late": "settled late", "unreserved": "unreserved"}[main["kind"]]
     elif "expired" in kinds:
         status = "expired: the estimate is kept as presumed spend until a late report"
     elif d["assigned_tier"] is None:
@@ -95,6 +185,10 @@ def settlement_summary(d: dict[str, Any], settlements: list[dict[str, Any]]) -> 
         status = "open: no report yet"
     return {"status": status, "estimate": d["estimate_assigned"], "reserved": d["reserved"], "actual": actual,
             "difference": None if actual is None else actual - d["reserved"],
+            "report_outcome": report.get("outcome"), "error_class": report.get("error_class"),
+            "error": report.get("error"), "fallback_decision_id": report.get("fallback_decision_id"),
+            "dispatch_ms": dispatch_ms, "sla_ms": sla_ms,
+            "queue_share": None if dispatch_ms is None or not sla_ms else dispatch_ms / sla_ms,
             "events": [{k: s[k] for k in ("kind", "actual", "reserved", "report_id", "recorded_at")}
                        for s in settlements]}
 
@@ -128,9 +222,9 @@ async def check_link(bootstrap: str, d: dict[str, Any], store: FinanceStore, key
     if link["seq"] == 1:
         ok = link["prev"] == GENESIS
     else:
-        prev = _rows(store, "SELECT 1 FROM decisions WHERE link_hash = ? AND link_seq = ? AND link_chain = ? UNION ALL "
-                            "SELECT 1 FROM settlements WHERE link_hash = ? AND link_seq = ? AND link_chain = ?",
-                     [link["prev"], link["seq"] - 1, link["chain"]] * 2)
+        prev = _rows(store, " UNION ALL ".join(  # the previous event may be of any kind
+            f"SELECT 1 FROM {t} WHERE link_hash = ? AND link_seq = ? AND link_chain = ?"  # noqa: S608 - our tables
+            for t in ("decisions", "settlements", "circuits")), [link["prev"], link["seq"] - 1, link["chain"]] * 3)
         ok = bool(prev)
     return {"verifies": ok, "chain": link["chain"], "seq": link["seq"], "alg": link["alg"],
             "detail": "its hash matches and it links to the chain's previous event" if ok
@@ -141,11 +235,10 @@ def explain(store: FinanceStore, d: dict[str, Any]) -> dict[str, Any]:
     """The full reconstruction of decision ``d`` (a row of the store's ``decisions``)."""
     budgets = _rows(store, "SELECT * FROM decision_budgets WHERE decision_id = ? ORDER BY budget_id, scope",
                     [d["decision_id"]])
-    settlements = _rows(store, "SELECT * FROM settlements WHERE decision_id = ? ORDER BY recorded_at",
-                        [d["decision_id"]])
+    settlements = _settlements(store, d["decision_id"])
     return {
         "decision_id": d["decision_id"], "task_id": d["task_id"], "outcome": d["outcome"],
-        "decided_at": d["decided_at"],
+        "decided_at": d["decided_at"], "attempt": d["attempt"], "parent_decision_id": d["parent_decision_id"],
         "task": {"service": d["service"], "tenant": d["tenant"], "workload": d["workload"],
                  "task_type": d["task_type"], "requested_tier": d["requested_tier"], "sla_ms": d["sla_ms"],
                  "features": json.loads(d["complexity_inputs"] or "{}"), "task_hash": d["task_hash"]},

@@ -1,7 +1,8 @@
 """``dispatch finance report --html FILE``: one self-contained page (plotly's JS inlined, no network).
 
 Charts: committed spend over time against each budget's limit with downgrades marked, savings
-by service against both counterfactuals, the trigger mix, and adoption per service.
+by service against both counterfactuals, the trigger mix, and adoption per service; then the
+executor failures as a table.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import duckdb
 import plotly.graph_objects as go
 
-from .finance_report import Period, budget_timeline
+from .finance_report import FAILURE_COLUMNS, Period, budget_timeline
 
 
 def spend_vs_budgets(timeline: list[dict[str, Any]]) -> go.Figure:
@@ -73,6 +74,16 @@ def adoption_chart(adoption: dict[str, Any]) -> go.Figure:
     return fig
 
 
+def failures_table(failures: dict[str, Any]) -> str:
+    """The executor failures as an HTML table, with the extra-cost rule under it."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in FAILURE_COLUMNS.values())
+    rows = "".join("<tr><td>" + html.escape(name) + "</td>"
+                   + "".join(f"<td>{html.escape(str(r[k]))}</td>" for k in list(FAILURE_COLUMNS)[1:]) + "</tr>"
+                   for name, r in failures["executors"].items())
+    return (f"<h2>Executor failures</h2><table id=\"executor-failures\"><thead><tr>{head}</tr></thead>"
+            f"<tbody>{rows}</tbody></table><p>{html.escape(failures['extra_cost_rule'])}</p>")
+
+
 def page(report: dict[str, Any], timeline: list[dict[str, Any]]) -> str:
     """The whole page; the first chart carries plotly.js inline, the others reuse it."""
     figures = [spend_vs_budgets(timeline), savings_by_service(report["savings"]), trigger_mix(report["triggers"]),
@@ -87,7 +98,7 @@ def page(report: dict[str, Any], timeline: list[dict[str, Any]]) -> str:
             f"({total['vs_complexity']['saved_pct']}%) vs complexity alone")
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>dispatch-core finance report</title></head>"
             f"<body><h1>dispatch-core finance report</h1><p>{html.escape(head)}</p>"
-            + "".join(parts) + "</body></html>")
+            + "".join(parts) + failures_table(report["executor_failures"]) + "</body></html>")
 
 
 def write_html(path: Path, report: dict[str, Any], db: duckdb.DuckDBPyConnection,

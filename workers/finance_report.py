@@ -14,14 +14,20 @@ from typing import Any
 
 import duckdb
 
-from .finance_rules import ACTUAL_KINDS, SLA_RISK_MARGIN, CostRow, savings, sunset
+from .finance_rules import ACTUAL_KINDS, EXTRA_COST_RULE, SLA_RISK_MARGIN, CostRow, extra_cost, savings, sunset
 from .finance_store import dict_rows
 
 _KINDS = ", ".join(f"'{k}'" for k in ACTUAL_KINDS)
 
-#: One row per decision in the period, with its settlement joined and its cost for the report.
-TASKS = f"""
-SELECT d.*, s.actual, s.settled_kind, s.dispatch_ms, s.run_ms, s.actual IS NOT NULL AS is_settled,
+#: ``[since, until)`` on one time column; binds since, since, until, until.
+IN_PERIOD = """(CAST(? AS TIMESTAMPTZ) IS NULL OR {col} >= CAST(? AS TIMESTAMPTZ))
+  AND (CAST(? AS TIMESTAMPTZ) IS NULL OR {col} < CAST(? AS TIMESTAMPTZ))"""
+
+#: One row per decision (any time), with its settlement joined and its cost for the report; the
+#: settlement's ``report_outcome`` (succeeded, failed, expired), ``error_class`` and ``error`` too.
+COSTED = f"""
+SELECT d.*, s.actual, s.settled_kind, s.dispatch_ms, s.run_ms, s.report_outcome, s.error_class, s.error,
+       s.actual IS NOT NULL AS is_settled,
        CASE WHEN d.assigned_tier IS NULL THEN 0::DECIMAL(18,6)
             ELSE coalesce(s.actual, d.estimate_assigned) END AS cost
 FROM decisions d LEFT JOIN (
@@ -29,24 +35,33 @@ FROM decisions d LEFT JOIN (
            arg_min(actual, list_position([{_KINDS}], kind)) AS actual,
            arg_min(kind, list_position([{_KINDS}], kind)) AS settled_kind,
            arg_min(dispatch_ms, list_position([{_KINDS}], kind)) AS dispatch_ms,
-           arg_min(run_ms, list_position([{_KINDS}], kind)) AS run_ms
+           arg_min(run_ms, list_position([{_KINDS}], kind)) AS run_ms,
+           arg_min(outcome, list_position([{_KINDS}], kind)) AS report_outcome,
+           arg_min(error_class, list_position([{_KINDS}], kind)) AS error_class,
+           arg_min(error, list_position([{_KINDS}], kind)) AS error
     FROM settlements WHERE kind IN ({_KINDS}) AND actual IS NOT NULL GROUP BY decision_id
 ) s USING (decision_id)
-WHERE (CAST(? AS TIMESTAMPTZ) IS NULL OR d.decided_at >= CAST(? AS TIMESTAMPTZ))
-  AND (CAST(? AS TIMESTAMPTZ) IS NULL OR d.decided_at < CAST(? AS TIMESTAMPTZ))
 """
+
+#: The decisions decided in the period (``COSTED`` rows).
+TASKS = f"SELECT * FROM costed WHERE {IN_PERIOD.format(col='decided_at')}"
 
 
 class Period:
-    """The report's ``[since, until)``, bound into every query as a ``tasks`` CTE."""
+    """The report's ``[since, until)``, bound into every query as a ``tasks`` CTE (and ``costed``: all decisions)."""
 
     def __init__(self, db: duckdb.DuckDBPyConnection, since: dt.datetime | None, until: dt.datetime | None):
         self.db, self.since, self.until = db, since, until
 
+    @property
+    def bounds(self) -> list[dt.datetime | None]:
+        """The parameters of one ``IN_PERIOD``."""
+        return [self.since, self.since, self.until, self.until]
+
     def rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
-        """``sql`` may read ``tasks``; rows as dicts."""
-        return dict_rows(self.db.execute(f"WITH tasks AS ({TASKS}) {sql}",
-                                         [self.since, self.since, self.until, self.until, *params]))
+        """``sql`` may read ``tasks`` and ``costed``; rows as dicts."""
+        return dict_rows(self.db.execute(f"WITH costed AS ({COSTED}), tasks AS ({TASKS}) {sql}",
+                                         [*self.bounds, *params]))
 
 
 def _plain(value: Any) -> Any:
@@ -156,6 +171,49 @@ def canary(p: Period) -> dict[str, Any]:
     return out
 
 
+#: Per executor, its failed (or executor-expired) attempts decided in the period, each with the
+#: attempt that fell back from it (``n``, decided whenever; none for a permanent failure).
+FAILURES = """
+SELECT f.executor,
+       count(*) FILTER (WHERE f.report_outcome = 'failed' AND f.error_class = 'retryable') AS retryable,
+       count(*) FILTER (WHERE f.report_outcome = 'failed' AND f.error_class = 'permanent') AS permanent,
+       count(*) FILTER (WHERE f.report_outcome = 'expired') AS expired,
+       count(n.decision_id) AS fallbacks,
+       count(n.decision_id) FILTER (WHERE n.assigned_tier IS NULL) AS fallbacks_rejected,
+       coalesce(sum(f.actual) FILTER (WHERE f.report_outcome = 'failed'), 0) AS wasted,
+       coalesce(sum(n.cost) FILTER (WHERE n.assigned_tier IS NOT NULL), 0) AS fallback_cost,
+       coalesce(sum(f.estimate_assigned) FILTER (WHERE n.assigned_tier IS NOT NULL), 0) AS replaced_estimate
+FROM tasks f LEFT JOIN costed n ON n.parent_decision_id = f.decision_id
+WHERE f.report_outcome IN ('failed', 'expired') AND f.executor IS NOT NULL
+GROUP BY f.executor
+"""
+
+
+#: The executor failures table: report key -> column heading (text and HTML).
+FAILURE_COLUMNS = {"executor": "executor", "retryable": "retryable", "permanent": "permanent", "expired": "expired",
+                   "fallbacks": "fallbacks", "fallbacks_rejected": "fallbacks rejected", "wasted": "wasted",
+                   "fallback_cost": "fallback cost", "replaced_estimate": "replaced estimate",
+                   "extra_cost": "extra cost", "circuit_opens": "circuit opens"}
+
+
+def executor_failures(p: Period) -> dict[str, Any]:
+    """Per executor: its failures by class, expiries, the fallbacks they caused (and how many of those
+    were rejected), wasted and fallback cost, the extra cost of its failures, and its circuit opens."""
+    zero = {"retryable": 0, "permanent": 0, "expired": 0, "fallbacks": 0, "fallbacks_rejected": 0,
+            "wasted": Decimal(0), "fallback_cost": Decimal(0), "replaced_estimate": Decimal(0), "circuit_opens": 0}
+    out: dict[str, dict[str, Any]] = {}
+    for r in p.rows(FAILURES):
+        name = r.pop("executor")
+        out[name] = {**zero, **r}
+    opens = p.rows(f"SELECT executor, count(*) AS circuit_opens FROM circuits WHERE to_state = 'open' "
+                   f"AND {IN_PERIOD.format(col='changed_at')} GROUP BY executor", *p.bounds)
+    for r in opens:
+        out.setdefault(r["executor"], dict(zero))["circuit_opens"] = r["circuit_opens"]
+    for r in out.values():
+        r["extra_cost"] = extra_cost(r["wasted"], r["fallback_cost"], r["replaced_estimate"])
+    return {"executors": dict(sorted(out.items())), "extra_cost_rule": EXTRA_COST_RULE}
+
+
 def budget_timeline(p: Period, points: int = 400) -> list[dict[str, Any]]:
     """Each budget scope's committed spend over time, for the HTML chart: per time bucket (the period
     cut into about ``points`` buckets, so a month of traffic stays a small page), the highest committed
@@ -192,4 +250,5 @@ def report(db: duckdb.DuckDBPyConnection, since: dt.datetime | None = None,
         "sla_risk": sla_risk(p),
         "adoption": adoption(p),
         "canary": canary(p),
+        "executor_failures": executor_failures(p),
     })

@@ -1,4 +1,5 @@
-"""Finance rules as pure functions: savings against a counterfactual, and the adoption sunset rule.
+"""Finance rules as pure functions: savings against a counterfactual, the adoption sunset rule, and
+the extra cost of executor failures.
 
 No I/O here: the report (``finance_report``) feeds these from SQL, and the demo from its in-memory
 audit log, so both state the same figure the same way.
@@ -19,6 +20,19 @@ SUNSET_MIN_ENFORCING = 3
 SLA_RISK_MARGIN = 0.10
 #: The settlement kinds that carry what a task really cost.
 ACTUAL_KINDS = ("settled", "settled_late", "unreserved")
+
+
+#: What the report's "extra cost" of an executor's failures is, in one line (the report prints it).
+EXTRA_COST_RULE = ("extra cost of failures = wasted (actual charged on the failed attempts: partial work) "
+                   "+ sum over the failures whose fallback was routed of (fallback's cost - failed attempt's "
+                   "estimate); negative when the fallbacks were cheaper; in a chain A -> B -> C, B's attempt counts "
+                   "as A's fallback cost and as B's wasted cost")
+
+
+def extra_cost(wasted: Decimal, fallback_cost: Decimal, replaced_estimate: Decimal) -> Decimal:
+    """``EXTRA_COST_RULE``: ``replaced_estimate`` sums the estimates of the failed attempts whose fallback
+    was routed, ``fallback_cost`` those fallbacks' costs (actual when settled, else estimate)."""
+    return wasted + fallback_cost - replaced_estimate
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,10 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("sla_ms", "DOUBLE"), ("executor_p95_ms", "DOUBLE"), ("executor_load", "VARCHAR"),
         ("engine_version", "VARCHAR"), ("decided_at", "TIMESTAMPTZ"), ("decision_latency_ms", "DOUBLE"),
         ("sequence", "BIGINT"), *_LINK, *_AT,
+        # decision v4 (fallbacks and deadlines); columns added later go last, so a migrated table
+        # has the same column order as a new one
+        ("attempt", "BIGINT"), ("parent_decision_id", "VARCHAR"), ("excluded_executors", "VARCHAR[]"),
+        ("deadline", "TIMESTAMPTZ"), ("time_left_ms", "DOUBLE"), ("executor_circuits", "VARCHAR"),
     ],
     "decision_budgets": [
         ("decision_id", "VARCHAR"), ("budget_id", "VARCHAR"), ("scope", "VARCHAR"), ("window", "VARCHAR"),
@@ -73,14 +77,29 @@ TABLES: dict[str, list[tuple[str, str]]] = {
         ("executor", "VARCHAR"), ("currency", "VARCHAR"), ("reserved", MONEY), ("actual", MONEY),
         ("scopes", "VARCHAR[]"), ("run_ms", "DOUBLE"), ("dispatch_ms", "DOUBLE"), ("report_id", "VARCHAR"),
         ("recorded_at", "TIMESTAMPTZ"), *_LINK, *_AT,
+        # settlement v4: the executor's outcome and error, the task's SLA and deadline, the fallback it caused
+        ("outcome", "VARCHAR"), ("error_class", "VARCHAR"), ("error", "VARCHAR"), ("sla_ms", "DOUBLE"),
+        ("deadline", "TIMESTAMPTZ"), ("fallback_decision_id", "VARCHAR"),
+    ],
+    "circuits": [
+        ("executor", "VARCHAR"), ("seq", "BIGINT"), ("from_state", "VARCHAR"), ("to_state", "VARCHAR"),
+        ("reason", "VARCHAR"), ("calls", "BIGINT"), ("failures", "BIGINT"), ("consecutive_failures", "BIGINT"),
+        ("changed_at", "TIMESTAMPTZ"), ("decision_id", "VARCHAR"), *_LINK, *_AT,
     ],
     "undecodable": [*_AT, ("error", "VARCHAR")],
     "offsets": [("topic", "VARCHAR"), ("partition", "INTEGER"), ("next_offset", "BIGINT"),
                 ("updated_at", "TIMESTAMPTZ")],
 }
 KEYS = {"decisions": ("decision_id",), "decision_budgets": ("decision_id", "budget_id", "scope"),
-        "settlements": ("decision_id", "kind"), "undecodable": ("audit_topic", "audit_partition", "audit_offset"),
+        "settlements": ("decision_id", "kind"), "circuits": ("executor", "seq"),
+        "undecodable": ("audit_topic", "audit_partition", "audit_offset"),
         "offsets": ("topic", "partition")}
+
+
+#: What a column added to an existing store holds in the rows stored before it: the value the
+#: current schema decodes an older event with (a column not listed stays null, as its default is).
+BACKFILL = {("decisions", "attempt"): "1", ("decisions", "excluded_executors"): "[]::VARCHAR[]",
+            ("decisions", "executor_circuits"): "'{}'"}
 
 
 def _ddl(table: str) -> str:
@@ -133,8 +152,9 @@ def _link(record: dict[str, Any]) -> dict[str, Any]:
     return {f"link_{k}": link.get(k) for k in ("chain", "seq", "prev", "hash", "alg", "epoch")}
 
 
+_JSON_MAPS = ("complexity_inputs", "executor_load", "executor_circuits")
 _DECISION_COPIED = [n for n, k in TABLES["decisions"] if k in ("VARCHAR", "DOUBLE", "BIGINT")
-                    and not n.startswith(("link_", "audit_")) and n not in ("complexity_inputs", "executor_load")]
+                    and not n.startswith(("link_", "audit_")) and n not in _JSON_MAPS]
 _DECISION_MONEY = [n for n, k in TABLES["decisions"] if k == MONEY]
 _BUDGET_MONEY = [n for n, k in TABLES["decision_budgets"] if k == MONEY]
 
@@ -143,9 +163,9 @@ def decision_rows(d: dict[str, Any], at: dict[str, Any]) -> tuple[dict[str, Any]
     """A decoded decision event as its ``decisions`` row and its ``decision_budgets`` rows."""
     row = {n: d.get(n) for n in _DECISION_COPIED}
     row.update({n: _money(d.get(n)) for n in _DECISION_MONEY}, **_link(d), **at,
-               decided_at=_micros(d["decided_at"]), triggers=list(d["triggers"]),
-               complexity_inputs=json.dumps(d.get("complexity_inputs") or {}, sort_keys=True),
-               executor_load=json.dumps(d.get("executor_load") or {}, sort_keys=True))
+               decided_at=_micros(d["decided_at"]), deadline=_micros(d.get("deadline")),
+               triggers=list(d["triggers"]), excluded_executors=list(d.get("excluded_executors") or []),
+               **{n: json.dumps(d.get(n) or {}, sort_keys=True) for n in _JSON_MAPS})
     budgets = [{**b, "decision_id": d["decision_id"], "window_start": _micros(b["window_start"]),
                 "window_end": _micros(b["window_end"]), **{n: _money(b[n]) for n in _BUDGET_MONEY}}
                for b in d["budgets"]]
@@ -156,9 +176,42 @@ def settlement_row(s: dict[str, Any], at: dict[str, Any]) -> dict[str, Any]:
     """A decoded settlement event as its ``settlements`` row."""
     row = {name: s.get(name) for name, _ in TABLES["settlements"] if name in s}
     row.update(_link(s), **at, reserved=_money(s["reserved"]), actual=_money(s.get("actual")),
-               recorded_at=_micros(s["recorded_at"]), scopes=list(s["scopes"]))
+               recorded_at=_micros(s["recorded_at"]), deadline=_micros(s.get("deadline")), scopes=list(s["scopes"]))
     row.pop("link", None)
     return row
+
+
+def circuit_row(c: dict[str, Any], at: dict[str, Any]) -> dict[str, Any]:
+    """A decoded circuit event as its ``circuits`` row."""
+    row = {name: c.get(name) for name, _ in TABLES["circuits"] if name in c}
+    row.update(_link(c), **at, changed_at=_micros(c["changed_at"]))
+    row.pop("link", None)
+    return row
+
+
+def _missing(db: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
+    """The (table, column, type) of ``TABLES`` the file lacks: every one for a new file."""
+    have = set(db.execute("SELECT table_name, column_name FROM information_schema.columns "
+                          "WHERE table_schema = 'main'").fetchall())
+    return [(t, n, k) for t, cols in TABLES.items() for n, k in cols if (t, n) not in have]
+
+
+def _upgrade(db: duckdb.DuckDBPyConnection) -> None:
+    """Bring a new file, or a store of an earlier version, to ``TABLES``: create missing tables, add
+    missing columns, filled for the rows already stored (``BACKFILL``). Nothing is dropped or retyped.
+
+    Each statement commits on its own (DuckDB 1.5 fails a transaction that adds several columns with
+    a DEFAULT to a keyed table with rows, with a false duplicate key); each is atomic and only what is
+    missing is added, so an upgrade cut short is finished by the next open.
+    """
+    tables = {t for (t,) in db.execute("SELECT table_name FROM information_schema.tables "
+                                       "WHERE table_schema = 'main'").fetchall()}
+    for table in TABLES:
+        db.execute(_ddl(table))
+    for table, name, kind in _missing(db):
+        # DEFAULT fills the rows already there; every insert names all columns, so it is not used again
+        fill = f" DEFAULT {BACKFILL[table, name]}" if table in tables and (table, name) in BACKFILL else ""
+        db.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {kind}{fill}')
 
 
 @dataclass(frozen=True)
@@ -175,7 +228,7 @@ class Applied:
     """What one batch did to the store."""
 
     read: int = 0  # events in the batch
-    new: int = 0  # rows added to decisions + settlements
+    new: int = 0  # rows added to decisions + settlements + circuits
     undecodable: int = 0
 
 
@@ -187,9 +240,14 @@ class FinanceStore:
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = duckdb.connect(str(self.path), read_only=read_only)
-        if not read_only:
-            for table in TABLES:
-                self.db.execute(_ddl(table))
+        if _missing(self.db):
+            if read_only:  # a store written by an earlier version: add what it lacks, then read it
+                self.db.close()
+                with duckdb.connect(str(self.path)) as db:
+                    _upgrade(db)
+                self.db = duckdb.connect(str(self.path), read_only=True)
+            else:
+                _upgrade(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -210,6 +268,7 @@ class FinanceStore:
         decisions: dict[str, dict[str, Any]] = {}
         budgets: list[dict[str, Any]] = []
         settlements: dict[tuple[str, str], dict[str, Any]] = {}
+        circuits: dict[tuple[str, int], dict[str, Any]] = {}
         bad: list[dict[str, Any]] = []
         next_offsets: dict[int, int] = {}
         applied = Applied()
@@ -228,6 +287,8 @@ class FinanceStore:
                     budgets.extend(rows)
             elif schema.name == "settlement":
                 settlements.setdefault((record["decision_id"], record["kind"]), settlement_row(record, at))
+            elif schema.name == "circuit":
+                circuits.setdefault((record["executor"], record["seq"]), circuit_row(record, at))
         now = _micros(dt.datetime.now(dt.timezone.utc))
         offsets = [{"topic": topic, "partition": p, "next_offset": o, "updated_at": now}
                    for p, o in next_offsets.items()]
@@ -236,6 +297,7 @@ class FinanceStore:
             applied.new += self._insert("decisions", list(decisions.values()))
             self._insert("decision_budgets", budgets)
             applied.new += self._insert("settlements", list(settlements.values()))
+            applied.new += self._insert("circuits", list(circuits.values()))
             applied.undecodable = self._insert("undecodable", bad)
             self._insert("offsets", offsets)
             self.db.execute("COMMIT")
