@@ -263,8 +263,7 @@ class Dispatcher:
                 planned.append((i, plan))
             try:
                 commits, after = await self.ledger.commit([p for _, p in planned], scope_keys, baseline_keys,
-                                                          [sources[i] for i, _ in planned], now=now,
-                                                          circuit=self.circuit)
+                                                          [sources[i] for i, _ in planned])
             except LedgerUnavailable:
                 self._uncertain.update(p.decision.decision_id for _, p in planned)
                 raise
@@ -357,6 +356,7 @@ class Dispatcher:
         for round_no in range(self.max_rounds):
             scope_keys, baseline_key = ledger_keys(policy, task, now)
             snap, _ = await self.ledger.read(scope_keys, [baseline_key], [child_id])
+            await self.ledger.settled_view(snap, first.decision_id, report.actual)
             plan = decide(task, policy, snap, now, mode=first.mode, arm=first.canary_arm,
                           reservation_ttl_s=self.reservation_ttl_s, circuit=self.circuit, retry=retry)
             if round_no == self.max_rounds - 1 and plan.amount and plan.enforce:

@@ -287,6 +287,18 @@ class RedisLedger:
         ]
         return Settlement.of(await guarded(lambda: self._settle(args=args)))
 
+    async def settled_view(self, snap: Snapshot, decision_id: str, actual: Decimal) -> None:
+        """``snap`` as it will be once ``decision_id`` is settled with ``actual`` (as lib.lua's
+        settle_delta counts it), so a fallback is planned against what its commit will check."""
+        amt, scopes, status = await guarded(lambda: self.redis.hmget(keys.reservation(decision_id), "amt", "scopes",
+                                                                     "status"))
+        if status not in ("reserved", "expired") or amt is None or scopes is None:
+            return
+        for key in set(json.loads(scopes) if scopes != "{}" else []) & set(snap.scopes):
+            s, held = snap.scopes[key], int(amt)
+            snap.scopes[key] = (ScopeState(s.spent + to_micros(actual), s.reserved - held, s.trend) if status == "reserved"
+                                else ScopeState(s.spent + to_micros(actual) - held, s.reserved, s.trend))
+
     async def circuit_tick(
         self, now: datetime, circuit: CircuitConfig, *, limit: int = 100, lease_s: float = 30.0,
     ) -> tuple[dict[str, CircuitView], list[CircuitEvent]]:

@@ -49,7 +49,7 @@ for _, it in ipairs(items) do
   local p = it.p
   local delta = {}
   local settled_by_other = false
-  if p and not existing then
+  if p then  -- a fallback: whichever report settled its failed attempt first made it
     local r
     delta, r = settle_delta(p.d, p.act, p.cs)
     settled_by_other = r[3] == 'settled' and r[6] ~= p.rid
@@ -67,7 +67,7 @@ for _, it in ipairs(items) do
       out[#out + 1] = 'dup'
     end
     out[#out + 1] = existing
-    out[#out + 1] = p and parent_reply(p) or ''
+    out[#out + 1] = p and parent_reply(p) or ''  -- a replay of the report that made the fallback
   else
     local fits = true
     if it.amt > 0 and it.enforce == 1 then

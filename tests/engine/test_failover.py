@@ -222,11 +222,13 @@ async def test_the_circuit_opens_sheds_probes_and_closes(make, ledger, clock):
     states, events = await d.circuits()
     assert states["llm-large"].state == "half_open" and [e.to_state for e in events] == ["half_open"]
     await d.circuits_recorded(events)
-    tried = [await run_large("succeeded") for _ in range(12)]
-    probes = [t for t in tried if t.executor == "llm-large"]
-    assert all(is_probe(t.decision_id, CIRCUIT.probe_pct) for t in probes)
-    assert all(Trigger.CIRCUIT_OPEN in t.triggers for t in tried if t not in probes)
-    assert len(probes) >= CIRCUIT.close_after
+    probes = 0
+    while probes < CIRCUIT.close_after:  # half-open: only its probes reach it; the rest are shed
+        dec = await run_large("succeeded")
+        probing = is_probe(dec.decision_id, CIRCUIT.probe_pct)
+        assert (dec.executor == "llm-large") == probing
+        assert probing or Trigger.CIRCUIT_OPEN in dec.triggers
+        probes += probing
     states, events = await d.circuits()
     assert "llm-large" not in states
     assert [(e.from_state, e.to_state) for e in events] == [("half_open", "closed")]
@@ -261,7 +263,7 @@ async def test_a_fallback_step_that_loses_the_cap_changes_nothing_and_is_decided
     assert plan.decision.assigned_tier == "medium"
     # meanwhile another worker spends nearly the whole cap: medium no longer fits, even with the
     # failed attempt's reservation swapped for its partial cost
-    await ledger.redis.hincrby(scope_key(), "spent", to_micros(Decimal("99.99")))
+    await ledger.redis.hincrby(scope_key(), "spent", to_micros(Decimal("99.997")))
     before = await held(ledger)
     [res], _ = await ledger.commit([plan], scopes, [baseline], [None],
                                    [FailedAttempt(first.decision_id, PARTIAL, "r-1", "llm-large")])
