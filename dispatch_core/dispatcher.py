@@ -176,7 +176,7 @@ class Dispatcher:
         return Snapshot(
             scopes={k: self._cache.scopes[k] for k in scope_keys},
             baselines={k: self._cache.baselines[k] for k in baseline_keys},
-            load=dict(self._cache.load),
+            load=dict(self._cache.load), circuits=dict(self._cache.circuits),
         )
 
     def _remember(self, snap: Snapshot, *, with_load: bool) -> None:
@@ -192,8 +192,8 @@ class Dispatcher:
         self._cache.scopes.update(snap.scopes)
         self._cache.baselines.update(snap.baselines)
         self._cached_at.update(dict.fromkeys([*snap.scopes, *snap.baselines], at))
-        if with_load:
-            self._cache.load, self._load_at = dict(snap.load), at
+        if with_load:  # executor state (load and circuits) comes with reads, not with commits
+            self._cache.load, self._cache.circuits, self._load_at = dict(snap.load), dict(snap.circuits), at
 
     async def _routes(self, tasks: Sequence[Task]) -> list[_Route]:
         """Policy, mode and arm per task; with Redis down, what this process last knew (else defaults)."""

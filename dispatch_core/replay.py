@@ -30,17 +30,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
 from dispatch_core import keys
+from dispatch_core.circuit import CircuitView
 from dispatch_core.classify import Baseline
 from dispatch_core.decision import Arm, Decision, Mode, Trigger
 from dispatch_core.dispatcher import CONTENTION
 from dispatch_core.engine import (
     LoadReport,
     Plan,
+    Retry,
     ScopeState,
     Snapshot,
     apply_plan,
@@ -160,11 +162,22 @@ def task_of(event: Event) -> Task | None:
         return None
     features = {k: (int(v) if k in ("tokens", "payload_bytes", "depth") else v)
                 for k, v in event["complexity_inputs"].items()}
+    deadline = event.get("deadline")  # created_at + SLA, recorded since schema v4
+    created = deadline - timedelta(milliseconds=event["sla_ms"]) if deadline else event["decided_at"]
     return Task.model_validate({
         "task_id": event["task_id"], "service": event["service"], "workload": event["workload"],
         "task_type": event["task_type"], "tenant": event["tenant"], "requested_tier": event["requested_tier"],
-        "features": features, "sla_ms": event["sla_ms"], "created_at": event["decided_at"],
+        "features": features, "sla_ms": event["sla_ms"], "created_at": created,
     })
+
+
+def retry_of(event: Event) -> Retry | None:
+    """A fallback's retry context, as its event recorded it (None for a task's first decision)."""
+    if (event.get("attempt") or 1) < 2:
+        return None
+    return Retry(attempt=event["attempt"], parent_decision_id=event["parent_decision_id"],
+                 failed_tier=event["asked_tier"], excluded=tuple(event["excluded_executors"]),
+                 deadline=event["deadline"])
 
 
 def skip_reason(event: Event) -> str | None:
@@ -190,6 +203,8 @@ def recorded_snapshot(event: Event) -> Snapshot:
         event["baseline_n"], event["baseline_mean"], event["baseline_std"] ** 2)
     for executor, saturation in (event.get("executor_load") or {}).items():
         snap.load[executor] = LoadReport(saturation, event["decided_at"])  # as seen: fresh, or 0 when stale
+    for executor, state in (event.get("executor_circuits") or {}).items():
+        snap.circuits[executor] = CircuitView(state, event["decided_at"])
     return snap
 
 
@@ -202,7 +217,7 @@ def _decide(event: Event, task: Task, policy: Policy, snap: Snapshot, enforce: b
     if Trigger.LEDGER_UNAVAILABLE in triggers:
         return fallback(task, policy, now, mode=mode, arm=arm, fail_open="fail-open" in event["rationale"],
                         reason="as recorded")
-    plan = decide(task, policy, snap, now, mode=mode, arm=arm)
+    plan = decide(task, policy, snap, now, mode=mode, arm=arm, retry=retry_of(event))
     if event["rationale"].endswith(CONTENTION) and plan.amount and plan.enforce:
         return replace(plan, decision=reject(plan.decision, Trigger.BUDGET_HARD, CONTENTION), amount=0, charges=())
     return plan

@@ -32,8 +32,9 @@ PARTIAL = Decimal("0.000250")
 
 
 def large_task(task_id: str) -> dict[str, Any]:
+    """A task for llm-large, with a minute's SLA: time enough for the test's round trips before its fallback."""
     return {"task_id": task_id, "service": "llm-gateway", "workload": "llm", "features": {"tokens": 6000},
-            "requested_tier": "large", "payload": {"prompt": "untouched ✓"}}
+            "requested_tier": "large", "sla_ms": 60_000, "payload": {"prompt": "untouched ✓"}}
 
 
 def events(records: list[ConsumerRecord]) -> list[tuple[str, dict[str, Any]]]:
