@@ -94,6 +94,7 @@ async def atomic(settings: Settings, tasks: Sequence[Task], policy: Policy, writ
     deciders = [Dispatcher(lg, EnforcedStore(lg.redis), policy, clock=lambda: at) for lg in ledgers]
     key = keys.budget(policy.budgets[0].id, "global", window_at("day", at).id)
     ids: list[str] = []
+    executors: set[str] = set()  # whose circuit breakers the settlements created
     accepted = 0
 
     async def attempt(w: int, i: int) -> None:
@@ -101,6 +102,7 @@ async def atomic(settings: Settings, tasks: Sequence[Task], policy: Policy, writ
         (d,) = await deciders[w].decide([tasks[i]])
         ids.append(d.decision_id)
         if d.routed and d.executor is not None:
+            executors.add(d.executor)
             accepted += 1
             await deciders[w].settle(ExecutorReport(
                 decision_id=d.decision_id, report_id=d.decision_id, task_id=d.task_id, service=d.service,
@@ -111,7 +113,7 @@ async def atomic(settings: Settings, tasks: Sequence[Task], policy: Policy, writ
         return (await ledgers[0].scope(key)).committed, accepted
     finally:
         r = ledgers[0].redis
-        doomed = [key, keys.baseline(tasks[0].service, tasks[0].task_type),
+        doomed = [key, keys.baseline(tasks[0].service, tasks[0].task_type), *map(keys.circuit, executors),
                   *(k for i in ids for k in (keys.decision(i), keys.reservation(i)))]
         for j in range(0, len(doomed), 1000):
             await r.unlink(*doomed[j:j + 1000])

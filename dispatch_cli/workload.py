@@ -2,7 +2,9 @@
 
 llm-gateway sends LLM work for three tenants (chat, summarise, codegen, embeddings),
 tarotscript sends scripts whose spread depth varies, aegis sends compute kernels, some with
-a tight SLA. About 1% of inputs are broken on purpose, to show that they are dead-lettered
+a tight SLA. A task's SLA is end to end (its deadline is created-at + SLA, and executors drop
+work past it), so scripts and kernels state budgets that cover the time in Kafka and in the
+worker; the tight kernels' 30 ms does not, and shows what a deadline does. About 1% of inputs are broken on purpose, to show that they are dead-lettered
 and recorded rather than lost.
 """
 
@@ -33,6 +35,7 @@ def _script(rnd: random.Random, i: int) -> dict[str, Any]:
     return {
         "service": "tarotscript", "workload": "script", "task_type": "spread",
         "features": {"cpu_ms": round(rnd.lognormvariate(4.0, 1.0), 2), "depth": rnd.randint(1, 10)},
+        "sla_ms": 2000,
         "payload": {"script": f"spread-{i}.tarot"},
     }
 
@@ -41,10 +44,11 @@ def _kernel(rnd: random.Random, i: int) -> dict[str, Any]:
     task: dict[str, Any] = {
         "service": "aegis", "workload": "kernel", "task_type": rnd.choice(["matmul", "conv", "reduce"]),
         "features": {"cpu_ms": round(rnd.lognormvariate(4.5, 1.2), 2), "payload_bytes": int(rnd.lognormvariate(11, 2))},
+        "sla_ms": 1000,
         "payload": {"kernel": f"k{i}"},
     }
     if rnd.random() < 0.1:
-        task["sla_ms"] = 30  # only the GPU tier is fast enough
+        task["sla_ms"] = 30  # only the GPU tier is fast enough, and only if it gets the task within 10 ms
     return task
 
 

@@ -24,10 +24,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiokafka import TopicPartition
 from pydantic import ValidationError
 
+from dispatch_core.circuit import CircuitView
 from dispatch_core.decision import Decision, Trigger
 from dispatch_core.dispatcher import Dispatcher
 from dispatch_core.errors import LedgerUnavailable, TaskError
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 REPORT_OVERHEAD_BYTES = 65_536  # a report's own fields; a retryable failure adds the task it echoes
 
 Unavailable = (LedgerUnavailable, BrokerUnavailable)
+E = TypeVar("E", SettlementEvent, CircuitEvent)
 
 
 @dataclass
@@ -143,17 +146,8 @@ class Pipeline:
         The expiry is atomic in Redis and its events wait there until written, so a worker
         that dies in between leaves them to the next round (its own or another worker's).
         """
-        try:
-            events = await self.dispatcher.expire_overdue()
-            if events:
-                await self.outputs.write(None, [self._settlement_out(e) for e in events], None)
-                await self.dispatcher.recorded(events)
-        except (*Unavailable, Fenced) as exc:
-            log.info("expiries wait for the next round: %s", exc)
-            return 0
-        except Exception:  # noqa: BLE001 - a bug here must not stop the timer; the expiries wait in Redis
-            log.exception("expiries wait for the next round after an unexpected error")
-            return 0
+        events = await self._write_held("expiries", self.dispatcher.expire_overdue, self._settlement_out,
+                                        self.dispatcher.recorded)
         for e in events:
             metrics.SETTLEMENTS.labels(kind=e.kind.value).inc()
         return len(events)
@@ -161,25 +155,40 @@ class Pipeline:
     async def record_circuits(self) -> int:
         """End due cool-downs, write circuit changes not yet on the audit stream (once each,
         like expiries), and show every executor's circuit in the metrics."""
-        try:
+        states: dict[str, CircuitView] | None = None
+
+        async def changes() -> list[CircuitEvent]:
+            nonlocal states
             states, events = await self.dispatcher.circuits()
-            if events:
-                await self.outputs.write(None, [self._circuit_out(e) for e in events], None)
-                await self.dispatcher.circuits_recorded(events)
-        except (*Unavailable, Fenced) as exc:
-            log.info("circuit changes wait for the next round: %s", exc)
-            return 0
-        except Exception:  # noqa: BLE001 - a bug here must not stop the timer; the changes wait in Redis
-            log.exception("circuit changes wait for the next round after an unexpected error")
-            return 0
-        for executor in self.dispatcher.default_policy.executors():
-            metrics.CIRCUIT_STATE.labels(executor=executor).set(0)
-        for executor, view in states.items():
-            metrics.CIRCUIT_STATE.labels(executor=executor).set(metrics.CIRCUIT_LEVEL[view.state])
+            return events
+
+        events = await self._write_held("circuit changes", changes, self._circuit_out,
+                                        self.dispatcher.circuits_recorded)
+        if states is not None:
+            for executor in self.dispatcher.default_policy.executors():
+                metrics.CIRCUIT_STATE.labels(executor=executor).set(0)
+            for executor, view in states.items():
+                metrics.CIRCUIT_STATE.labels(executor=executor).set(metrics.CIRCUIT_LEVEL[view.state])
         for e in events:
             metrics.CIRCUIT_CHANGES.labels(executor=e.executor, to_state=e.to_state).inc()
             log.warning("circuit of %s: %s -> %s (%s)", e.executor, e.from_state, e.to_state, e.reason)
         return len(events)
+
+    async def _write_held(self, what: str, take: Callable[[], Awaitable[list[E]]], out: Callable[[E], Out],
+                          confirm: Callable[[list[E]], Awaitable[None]]) -> list[E]:
+        """Write events Redis holds until they are confirmed (expiries, circuit changes), as outputs of
+        no input, then confirm them. On any failure they wait in Redis for the next round: []."""
+        try:
+            events = await take()
+            if events:
+                await self.outputs.write(None, [out(e) for e in events], None)
+                await confirm(events)
+            return events
+        except (*Unavailable, Fenced) as exc:
+            log.info("%s wait for the next round: %s", what, exc)
+        except Exception:  # noqa: BLE001 - a bug here must not stop the timer; the events wait in Redis
+            log.exception("%s wait for the next round after an unexpected error", what)
+        return []
 
     # --- one batch: plan once, write per partition, retry by kind -------------------------------
 
