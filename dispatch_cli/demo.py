@@ -309,9 +309,10 @@ def _progress(console: Console) -> Progress:
 
 
 def _savings_line(total: dict[str, Any]) -> str:
-    u, c = total["vs_untiered"], total["vs_complexity"]
+    u, c, x = total["vs_untiered"], total["vs_complexity"], total["unserved"]
     return (f"{u['saved']} of {u['baseline']} ({u['saved_pct']:.1f}%) / "
-            f"{c['saved']} of {c['baseline']} ({c['saved_pct']:.1f}%)")
+            f"{c['saved']} of {c['baseline']} ({c['saved_pct']:.1f}%) over {total['tasks']} served tasks; "
+            f"{x['tasks']} tasks unserved, cost {x['cost']}")
 
 
 def failure_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:

@@ -151,12 +151,14 @@ def render(data: dict[str, Any]) -> None:
     for name, r in data["services"].items():
         svc.add_row(name, *(_cell(r[k]) for k in ("decisions", "routed", "downgraded", "rejected", "cost",
                                                    "estimated_settled", "actual_settled")))
-    sav = Table("service", "tasks", "vs untiered", "%", "vs complexity only", "%",
-                title="savings (cost vs each counterfactual)", title_justify="left")
+    sav = Table("service", "tasks", "vs untiered", "%", "vs complexity only", "%", "unserved", "unserved cost",
+                title="savings per served task (cost vs each counterfactual); unserved tasks apart",
+                title_justify="left")
     rows = {**data["savings"]["services"], "total": data["savings"]["total"]}
     for name, r in rows.items():
-        u, c = r["vs_untiered"], r["vs_complexity"]
-        sav.add_row(name, str(r["tasks"]), u["saved"], f"{u['saved_pct']:.1f}", c["saved"], f"{c['saved_pct']:.1f}")
+        u, c, x = r["vs_untiered"], r["vs_complexity"], r["unserved"]
+        sav.add_row(name, str(r["tasks"]), u["saved"], f"{u['saved_pct']:.1f}", c["saved"], f"{c['saved_pct']:.1f}",
+                    str(x["tasks"]), x["cost"])
     trig = Table("outcome", "trigger", "decisions", title="downgrades and rejections by trigger", title_justify="left")
     for outcome in ("downgraded", "rejected"):
         for t, n in data["triggers"][outcome].items():

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from schemas import DECISION, SETTLEMENT, decode
 from streams.consume import to_end, topic_reader
 
-from .finance_rules import ACTUAL_KINDS, CostRow, realised_cost
+from .finance_rules import ACTUAL_KINDS, Attempt, CostRow, task_costs
 
 
 @dataclass
@@ -43,16 +43,21 @@ class AuditLog:
         return {d: r for (d, kind), r in self.settlements.items() if kind in ("settled", "settled_late")}
 
 
-def cost_rows(log: AuditLog) -> list[CostRow]:
-    """Every routed decision's realised cost and counterfactuals, for ``finance_rules.savings``."""
-    rows = []
+def attempts(log: AuditLog) -> list[Attempt]:
+    """Every decision read, with the first settlement that carries an actual cost (``ACTUAL_KINDS`` order)."""
+    out = []
     for did, d in log.decisions.items():
-        actual = next((log.settlements[(did, k)]["actual"] for k in ACTUAL_KINDS
-                       if (did, k) in log.settlements and log.settlements[(did, k)]["actual"] is not None), None)
-        cost = realised_cost(d["assigned_tier"], d["estimate_assigned"], actual)
-        if cost is not None:
-            rows.append(CostRow(d["service"], cost, d.get("estimate_untiered"), d.get("estimate_complexity")))
-    return rows
+        s = next((log.settlements[(did, k)] for k in ACTUAL_KINDS
+                  if (did, k) in log.settlements and log.settlements[(did, k)]["actual"] is not None), {})
+        out.append(Attempt(did, d.get("parent_decision_id"), d.get("attempt") or 1, d["service"], d["assigned_tier"],
+                           d["estimate_assigned"], d.get("estimate_untiered"), d.get("estimate_complexity"),
+                           s.get("actual"), s.get("outcome")))
+    return out
+
+
+def cost_rows(log: AuditLog) -> list[CostRow]:
+    """One row per task (a first decision and its fallbacks) for ``finance_rules.savings``."""
+    return task_costs(attempts(log))
 
 
 async def _from_beginning(bootstrap: str, topic: str) -> AIOKafkaConsumer:

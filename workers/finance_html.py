@@ -2,7 +2,7 @@
 
 Charts: committed spend over time against each budget's limit with downgrades marked, savings
 by service against both counterfactuals, the trigger mix, and adoption per service; then the
-executor failures as a table.
+savings per task (unserved tasks apart) and the executor failures as tables.
 """
 
 from __future__ import annotations
@@ -84,6 +84,21 @@ def failures_table(failures: dict[str, Any]) -> str:
             f"<tbody>{rows}</tbody></table><p>{html.escape(failures['extra_cost_rule'])}</p>")
 
 
+def savings_table(savings: dict[str, Any]) -> str:
+    """Savings per service and in total over the served tasks, and the unserved tasks apart."""
+    head = "".join(f"<th>{c}</th>" for c in ("service", "served tasks", "saved vs untiered", "%",
+                                             "saved vs complexity only", "%", "unserved tasks", "unserved cost"))
+    body = ""
+    for name, r in {**savings["services"], "total": savings["total"]}.items():
+        u, c, x = r["vs_untiered"], r["vs_complexity"], r["unserved"]
+        cells = [name, r["tasks"], u["saved"], u["saved_pct"], c["saved"], c["saved_pct"], x["tasks"], x["cost"]]
+        body += "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in cells) + "</tr>"
+    return (f"<h2>Savings per task</h2><table id=\"savings\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+            "</table><p>A task is its first decision and its fallbacks: its cost is every attempt's, its "
+            "counterfactuals its first decision's. Unserved tasks (the last attempt rejected, failed or expired) "
+            "are not in the savings; their cost was spent for nothing.</p>")
+
+
 def page(report: dict[str, Any], timeline: list[dict[str, Any]]) -> str:
     """The whole page; the first chart carries plotly.js inline, the others reuse it."""
     figures = [spend_vs_budgets(timeline), savings_by_service(report["savings"]), trigger_mix(report["triggers"]),
@@ -95,10 +110,12 @@ def page(report: dict[str, Any], timeline: list[dict[str, Any]]) -> str:
     head = (f"{report['totals']['decisions']} decisions, {report['totals']['first']} to {report['totals']['last']}"
             f" (since {period['since']}, until {period['until']}); saved {total['vs_untiered']['saved']} "
             f"({total['vs_untiered']['saved_pct']}%) vs untiered, {total['vs_complexity']['saved']} "
-            f"({total['vs_complexity']['saved_pct']}%) vs complexity alone")
+            f"({total['vs_complexity']['saved_pct']}%) vs complexity alone over {total['tasks']} served tasks; "
+            f"{total['unserved']['tasks']} unserved tasks cost {total['unserved']['cost']}")
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>dispatch-core finance report</title></head>"
             f"<body><h1>dispatch-core finance report</h1><p>{html.escape(head)}</p>"
-            + "".join(parts) + failures_table(report["executor_failures"]) + "</body></html>")
+            + "".join(parts) + savings_table(report["savings"]) + failures_table(report["executor_failures"])
+            + "</body></html>")
 
 
 def write_html(path: Path, report: dict[str, Any], db: duckdb.DuckDBPyConnection,

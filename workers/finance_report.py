@@ -1,9 +1,10 @@
 """``dispatch finance report`` from the finance store: SQL over DuckDB, rules from ``finance_rules``.
 
 Every section is computed over the decisions decided in ``[since, until)`` (all when unset) and
-their settlements. A task's *cost* is its actual cost when an executor reported one (settled,
+their settlements. A decision's *cost* is its actual cost when an executor reported one (settled,
 settled late, or unreserved), otherwise its assigned estimate (expired or not yet settled), and
-0 when it was not routed (rejected).
+0 when it was not routed (rejected). Savings are per task: a task is in the period of its first
+decision and brings all its fallbacks, wherever they were decided (``finance_rules.task_costs``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 import duckdb
 
-from .finance_rules import ACTUAL_KINDS, EXTRA_COST_RULE, SLA_RISK_MARGIN, CostRow, extra_cost, savings, sunset
+from .finance_rules import (ACTUAL_KINDS, EXTRA_COST_RULE, SLA_RISK_MARGIN, Attempt, extra_cost, savings, sunset,
+                            task_costs)
 from .finance_store import dict_rows
 
 _KINDS = ", ".join(f"'{k}'" for k in ACTUAL_KINDS)
@@ -120,11 +122,27 @@ def triggers(p: Period) -> dict[str, Any]:
     return out
 
 
+#: Every decision of the tasks whose first decision is in the period: each first decision (no parent in
+#: the store) of ``tasks`` and the fallbacks linked to it, decided whenever (``costed``).
+CHAIN_ATTEMPTS = """
+SELECT decision_id, parent_decision_id, attempt, service, assigned_tier, estimate_assigned, estimate_untiered,
+       estimate_complexity, actual, report_outcome
+FROM costed WHERE decision_id IN (
+    WITH RECURSIVE chain(decision_id) AS (
+        SELECT t.decision_id FROM tasks t WHERE t.parent_decision_id IS NULL
+            OR NOT EXISTS (SELECT 1 FROM costed p WHERE p.decision_id = t.parent_decision_id)
+        UNION
+        SELECT n.decision_id FROM chain c JOIN costed n ON n.parent_decision_id = c.decision_id
+    ) SELECT decision_id FROM chain)
+"""
+
+
 def savings_report(p: Period) -> dict[str, Any]:
-    """Savings of routed tasks against both counterfactuals (``finance_rules.savings``)."""
-    rows = p.rows("SELECT service, cost, estimate_untiered, estimate_complexity FROM tasks "
-                  "WHERE assigned_tier IS NOT NULL")
-    return savings(CostRow(r["service"], r["cost"], r["estimate_untiered"], r["estimate_complexity"]) for r in rows)
+    """Savings of the served tasks against both counterfactuals, unserved tasks apart (``finance_rules``)."""
+    rows = p.rows(CHAIN_ATTEMPTS)
+    return savings(task_costs(Attempt(r["decision_id"], r["parent_decision_id"], r["attempt"] or 1, r["service"],
+                                      r["assigned_tier"], r["estimate_assigned"], r["estimate_untiered"],
+                                      r["estimate_complexity"], r["actual"], r["report_outcome"]) for r in rows))
 
 
 def sla_risk(p: Period) -> dict[str, Any]:

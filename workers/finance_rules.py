@@ -1,5 +1,5 @@
-"""Finance rules as pure functions: savings against a counterfactual, the adoption sunset rule, and
-the extra cost of executor failures.
+"""Finance rules as pure functions: savings against a counterfactual (per task: a first decision and
+its fallbacks), the adoption sunset rule, and the extra cost of executor failures.
 
 No I/O here: the report (``finance_report``) feeds these from SQL, and the demo from its in-memory
 audit log, so both state the same figure the same way.
@@ -8,6 +8,7 @@ audit log, so both state the same figure the same way.
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -37,12 +38,35 @@ def extra_cost(wasted: Decimal, fallback_cost: Decimal, replaced_estimate: Decim
 
 @dataclass(frozen=True)
 class CostRow:
-    """One routed task: what it cost (actual if settled, else its estimate) and its two counterfactuals."""
+    """One task (a first decision and its fallbacks): what all its attempts cost, its first decision's two
+    counterfactuals, and whether its work was delivered (only served tasks enter the savings comparison)."""
 
     service: str
-    cost: Decimal
+    cost: Decimal  # the sum over its attempts of realised_cost (0 for a rejected attempt)
     untiered: Decimal | None  # every task on its requested tier, else its class's most capable
     complexity: Decimal | None  # every task on the tier its complexity alone called for
+    served: bool = True
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One decision as savings reads it, with what the first settlement carrying an actual cost said."""
+
+    decision_id: str
+    parent_decision_id: str | None  # None for a first decision (and for every event before schema v4)
+    attempt: int
+    service: str
+    assigned_tier: str | None  # None: rejected
+    estimate_assigned: Decimal
+    untiered: Decimal | None
+    complexity: Decimal | None
+    actual: Decimal | None = None  # None: no executor report (unsettled, or a ledger expiry)
+    report_outcome: str | None = None  # succeeded, failed, expired, duplicate; None before v4 or unsettled
+
+
+#: The executor outcomes after which a task's last attempt delivered nothing.
+UNSERVED_OUTCOMES = ("failed", "expired")
 
 
 def realised_cost(assigned_tier: str | None, estimate_assigned: Decimal, actual: Decimal | None) -> Decimal | None:
@@ -52,6 +76,37 @@ def realised_cost(assigned_tier: str | None, estimate_assigned: Decimal, actual:
     return actual if actual is not None else estimate_assigned
 
 
+def task_costs(attempts: Iterable[Attempt]) -> list[CostRow]:
+    """One ``CostRow`` per task whose first decision was routed, from its decisions.
+
+    A task is a chain: a first decision (one whose parent is not among ``attempts``: a first attempt,
+    or a fallback whose parent is missing) and the fallbacks linked to it by ``parent_decision_id``
+    (the lowest attempt when a decision has several). Its cost is the sum of its attempts'
+    ``realised_cost`` (failed attempts' partial costs included: money spent); its counterfactuals are
+    its first decision's, once. It is *served* unless its last attempt was rejected or its executor
+    reported ``failed`` or ``expired``. A task whose first decision was rejected ran nothing: no row.
+    """
+    by_id = {a.decision_id: a for a in attempts}
+    child: dict[str, list[Attempt]] = defaultdict(list)
+    for a in by_id.values():
+        if a.parent_decision_id in by_id:
+            child[a.parent_decision_id].append(a)
+    rows = []
+    for first in by_id.values():
+        if first.parent_decision_id in by_id or first.assigned_tier is None:
+            continue
+        chain, seen = [first], {first.decision_id}
+        while nxt := [c for c in child.get(chain[-1].decision_id, []) if c.decision_id not in seen]:
+            chain.append(min(nxt, key=lambda c: (c.attempt, c.decision_id)))
+            seen.add(chain[-1].decision_id)
+        cost = sum((realised_cost(a.assigned_tier, a.estimate_assigned, a.actual) or Decimal(0) for a in chain),
+                   Decimal(0))
+        last = chain[-1]
+        served = last.assigned_tier is not None and last.report_outcome not in UNSERVED_OUTCOMES
+        rows.append(CostRow(first.service, cost, first.untiered, first.complexity, served, len(chain)))
+    return rows
+
+
 def saving(baseline: Decimal, cost: Decimal) -> dict[str, Any]:
     """Money and percent saved against ``baseline`` (percent of the baseline; 0 when it is 0)."""
     saved = baseline - cost
@@ -59,16 +114,24 @@ def saving(baseline: Decimal, cost: Decimal) -> dict[str, Any]:
     return {"baseline": str(baseline), "cost": str(cost), "saved": str(saved), "saved_pct": round(pct, 2)}
 
 
-def savings(rows: Iterable[CostRow]) -> dict[str, Any]:
-    """Savings per service and in total against both counterfactuals.
+_SUMS = ("u_base", "u_cost", "c_base", "c_cost", "n", "x_n", "x_cost")
 
-    Each counterfactual compares only the tasks that record its estimate (events written before
-    schema v3 do not): baseline = the sum of those estimates, cost = the same tasks' realised cost.
+
+def savings(rows: Iterable[CostRow]) -> dict[str, Any]:
+    """Savings per service and in total against both counterfactuals, over the served tasks.
+
+    Each counterfactual compares only the served tasks that record its estimate (events written
+    before schema v3 do not): baseline = the sum of those estimates, cost = the same tasks' cost.
+    Unserved tasks are counted apart (``unserved``: how many, and what their attempts cost).
     """
     sums: dict[str, dict[str, Decimal]] = {}
     for r in rows:
         for scope in (r.service, "*total*"):
-            s = sums.setdefault(scope, {k: Decimal(0) for k in ("u_base", "u_cost", "c_base", "c_cost", "n")})
+            s = sums.setdefault(scope, {k: Decimal(0) for k in _SUMS})
+            if not r.served:
+                s["x_n"] += 1
+                s["x_cost"] += r.cost
+                continue
             s["n"] += 1
             if r.untiered is not None:
                 s["u_base"] += r.untiered
@@ -77,9 +140,11 @@ def savings(rows: Iterable[CostRow]) -> dict[str, Any]:
                 s["c_base"] += r.complexity
                 s["c_cost"] += r.cost
     out = {scope: {"tasks": int(s["n"]), "vs_untiered": saving(s["u_base"], s["u_cost"]),
-                   "vs_complexity": saving(s["c_base"], s["c_cost"])} for scope, s in sums.items()}
+                   "vs_complexity": saving(s["c_base"], s["c_cost"]),
+                   "unserved": {"tasks": int(s["x_n"]), "cost": str(s["x_cost"])}} for scope, s in sums.items()}
     total = out.pop("*total*", {"tasks": 0, "vs_untiered": saving(Decimal(0), Decimal(0)),
-                                "vs_complexity": saving(Decimal(0), Decimal(0))})
+                                "vs_complexity": saving(Decimal(0), Decimal(0)),
+                                "unserved": {"tasks": 0, "cost": "0"}})
     return {"services": dict(sorted(out.items())), "total": total}
 
 

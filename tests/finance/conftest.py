@@ -25,6 +25,9 @@ from ..streams.conftest import consume
 from ..support import free_ports
 
 TASKS = 240
+#: Generous, so every task is served: executors drop work past its deadline (created-at + SLA), and a
+#: start-up that keeps the first tasks queued for seconds would otherwise leave the run all `expired`.
+SLA_MS = 60_000.0
 BUDGETS = [
     {"id": "global-daily", "scope": "global", "window": "day", "limit": "2.50", "soft_pct": 0.5},
     {"id": "aegis-daily", "scope": "service", "match": "aegis", "window": "day", "limit": "0.05", "soft_pct": 0.8},
@@ -47,8 +50,8 @@ def workload(n: int) -> list[dict]:
     for i in range(n):
         service, cls, features = kinds[i % len(kinds)]
         out.append({"task_id": f"fin-{i}", "service": service, "workload": cls, "features": features,
-                    "tenant": ("acme", "globex")[i % 2], "sla_ms": 850.0 if cls == "llm" else None})
-    return [{k: v for k, v in t.items() if v is not None} for t in out]
+                    "tenant": ("acme", "globex")[i % 2], "sla_ms": SLA_MS})
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -29,25 +29,43 @@ def env(recorded: Recorded, monkeypatch, fresh_settings_cache, tmp_path) -> Reco
 
 
 def independent_savings(records) -> dict[str, dict[str, Decimal]]:
-    """Savings recomputed from the raw events: first decision per id, first settlement per (id, kind);
-    a routed task costs its actual if an executor reported one, else its assigned estimate."""
+    """Savings recomputed from the raw events: first decision per id, first settlement per (id, kind).
+    A task is a first decision (no parent) routed, and the fallbacks after it (``parent_decision_id``);
+    it costs the sum over its routed attempts of the actual an executor reported, else the estimate; it
+    is compared against its first decision's counterfactuals when its last attempt was routed and not
+    reported failed or expired (served), else counted as unserved with that cost."""
     decisions, settlements = {}, {}
     for name, e in audit_events(records):
         if name == "decision":
             decisions.setdefault(e["decision_id"], e)
         else:
             settlements.setdefault((e["decision_id"], e["kind"]), e)
+    child = {d["parent_decision_id"]: d for d in decisions.values() if d.get("parent_decision_id")}
     out: dict[str, dict[str, Decimal]] = {}
-    for did, d in decisions.items():
-        if d["assigned_tier"] is None:
+    for first in decisions.values():
+        if first.get("parent_decision_id") or first["assigned_tier"] is None:
             continue
-        actual = next((settlements[(did, k)]["actual"] for k in ACTUAL if (did, k) in settlements), None)
-        cost = actual if actual is not None else d["estimate_assigned"]
-        for scope in (d["service"], "total"):
-            s = out.setdefault(scope, {"cost": Decimal(0), "untiered": Decimal(0), "complexity": Decimal(0)})
+        chain = [first]
+        while chain[-1]["decision_id"] in child:
+            chain.append(child[chain[-1]["decision_id"]])
+        cost, outcome = Decimal(0), None
+        for d in chain:
+            s = next((settlements[(d["decision_id"], k)] for k in ACTUAL
+                      if (d["decision_id"], k) in settlements), {"actual": None})
+            outcome = s.get("outcome")
+            if d["assigned_tier"] is not None:
+                cost += s["actual"] if s["actual"] is not None else d["estimate_assigned"]
+        served = chain[-1]["assigned_tier"] is not None and outcome not in ("failed", "expired")
+        for scope in (first["service"], "total"):
+            z = Decimal(0)
+            s = out.setdefault(scope, {"cost": z, "untiered": z, "complexity": z, "unserved": z, "unserved_cost": z})
+            if not served:
+                s["unserved"] += 1
+                s["unserved_cost"] += cost
+                continue
             s["cost"] += cost
-            s["untiered"] += d["estimate_untiered"]
-            s["complexity"] += d["estimate_complexity"]
+            s["untiered"] += first["estimate_untiered"]
+            s["complexity"] += first["estimate_complexity"]
     return out
 
 
@@ -66,8 +84,14 @@ def test_report_json_savings_match_an_independent_recomputation_from_the_raw_eve
             assert Decimal(got[scope][counterfactual]["baseline"]) == baseline
             assert Decimal(got[scope][counterfactual]["cost"]) == e["cost"]
             assert Decimal(got[scope][counterfactual]["saved"]) == baseline - e["cost"]
-            assert got[scope][counterfactual]["saved_pct"] == round(float((baseline - e["cost"]) / baseline * 100), 2)
+            pct = round(float((baseline - e["cost"]) / baseline * 100), 2) if baseline else 0.0
+            assert got[scope][counterfactual]["saved_pct"] == pct
+        assert got[scope]["unserved"]["tasks"] == e["unserved"]
+        assert Decimal(got[scope]["unserved"]["cost"]) == e["unserved_cost"]
     assert Decimal(report["savings"]["total"]["vs_untiered"]["saved"]) > 0  # budgets ran short: tiers fell
+    # every routed task was served (no flaky executor, a generous SLA): none of the savings is unserved work
+    assert report["savings"]["total"]["unserved"] == {"tasks": 0, "cost": "0"}
+    assert report["savings"]["total"]["tasks"] == report["totals"]["routed"]
     # the rest of the report, against what the run was set up to do
     assert report["triggers"]["downgraded"], report["triggers"]
     adoption = report["adoption"]["services"]
