@@ -335,6 +335,7 @@ async def _cleanup(ledger: RedisLedger, tasks: Sequence[Task], decisions: Sequen
     doomed = {keys.baseline(t.service, t.task_type) for t in tasks}
     doomed |= {keys.budget(b.budget_id, b.scope, b.window) for d in decisions for b in d.budgets}
     doomed |= {k for i in ids for k in (keys.decision(i), keys.reservation(i))}
+    doomed |= {keys.circuit(d.executor) for d in decisions if d.executor}  # the settlements' circuit state
     names = sorted(doomed)
     for i in range(0, len(names), 1000):
         await r.unlink(*names[i:i + 1000])
