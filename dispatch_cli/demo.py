@@ -68,8 +68,10 @@ SMALL_EXECUTOR = "llm-large"  # run with little capacity, so the load trigger sh
 FLAKY_EXECUTOR = "llm-medium"
 FLAKY_FAILURE_RATE = 0.1
 FLAKY_PERMANENT_SHARE = 0.2
-#: The circuit's cool-down in the demo (default 30 s): short enough that it closes again within the run.
-DEMO_CIRCUIT_COOLDOWN_S = 5.0
+#: The circuit's cool-down in the demo (default 30 s) and its probes' share (default 10%): short and
+#: large enough that it probes and closes again within the run's 15 s.
+DEMO_CIRCUIT_COOLDOWN_S = 3.0
+DEMO_CIRCUIT_PROBE_PCT = 50.0
 
 
 def flaky_outage(tasks: int, rate: float) -> tuple[float, float]:
@@ -96,7 +98,7 @@ def demo_settings(base: Settings, run_id: str, run_dir: Path) -> Settings:
     return base.namespaced(f"demo.{run_id}", **{
         "app_id": f"dispatch-demo-{run_id}", "redis_url": base.redis_url.rsplit("/", 1)[0] + "/1",
         "policy_file": run_dir / "policy.json", "metrics_port": process.free_ports(1)[0], "reservation_ttl_s": 120.0,
-        "circuit_cooldown_s": DEMO_CIRCUIT_COOLDOWN_S,
+        "circuit_cooldown_s": DEMO_CIRCUIT_COOLDOWN_S, "circuit_probe_pct": DEMO_CIRCUIT_PROBE_PCT,
     })
 
 
