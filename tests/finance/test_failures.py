@@ -172,16 +172,21 @@ def test_report_counts_failures_per_executor_with_exact_wasted_fallback_and_extr
     assert set(early) == {"llm-large", "llm-medium", "llm-small"}  # E2 (250 ms) is in
 
 
-def test_report_cli_prints_the_failures_table_and_the_rule(store_path: Path, monkeypatch, fresh_settings_cache,
-                                                          tmp_path: Path):
+def report_cli(store_path: Path, monkeypatch, tmp_path: Path) -> tuple[str, str]:
+    """``dispatch finance report`` on the store: its text, and its HTML page."""
     monkeypatch.setenv("DISPATCH_FINANCE_STORE", str(store_path))
     text = runner.invoke(app, ["finance", "report", "--no-sync", "--html", str(tmp_path / "r.html")])
     assert text.exit_code == 0, text.output
     print(text.stdout)
-    assert "executor failures" in text.stdout and EXTRA_COST_RULE in text.stdout
-    line = next(ln for ln in text.stdout.splitlines() if "llm-large" in ln and "-0.102000" in ln)
+    return text.stdout, (tmp_path / "r.html").read_text()
+
+
+def test_report_cli_prints_the_failures_table_and_the_rule(store_path: Path, monkeypatch, fresh_settings_cache,
+                                                          tmp_path: Path):
+    stdout, page = report_cli(store_path, monkeypatch, tmp_path)
+    assert "executor failures" in stdout and EXTRA_COST_RULE in stdout
+    line = next(ln for ln in stdout.splitlines() if "llm-large" in ln and "-0.102000" in ln)
     assert cells(line) == ["llm-large", "2", "0", "0", "2", "0", "0.006000", "0.014000", "0.122000", "-0.102000", "2"]
-    page = (tmp_path / "r.html").read_text()
     assert 'id="executor-failures"' in page and "<td>-0.102000</td>" in page
     data = json.loads(runner.invoke(app, ["finance", "report", "--no-sync", "--json"]).stdout)
     assert data["executor_failures"]["executors"]["llm-small"]["permanent"] == 1

@@ -22,7 +22,7 @@ from workers.finance_report import report
 from workers.finance_rules import Attempt, CostRow, savings, task_costs
 from workers.finance_store import Event, FinanceStore
 
-from .test_failures import AT, MS, cells, fallback, first, settled
+from .test_failures import AT, MS, cells, fallback, first, report_cli, settled
 
 runner = CliRunner()
 OTHER = "other"
@@ -169,16 +169,12 @@ def test_a_task_belongs_to_the_period_of_its_first_decision(store_path: Path):
 
 def test_report_cli_shows_unserved_next_to_savings(store_path: Path, monkeypatch, fresh_settings_cache,
                                                    tmp_path: Path):
-    monkeypatch.setenv("DISPATCH_FINANCE_STORE", str(store_path))
-    text = runner.invoke(app, ["finance", "report", "--no-sync", "--html", str(tmp_path / "r.html")])
-    assert text.exit_code == 0, text.output
-    print(text.stdout)
-    assert any("service" in ln and ln.rstrip(" ┃│").endswith("unserved cost") for ln in text.stdout.splitlines())
-    lines = text.stdout.splitlines()
+    stdout, page = report_cli(store_path, monkeypatch, tmp_path)
+    lines = stdout.splitlines()
+    assert any("service" in ln and ln.rstrip(" ┃│").endswith("unserved cost") for ln in lines)
     table = lines[next(i for i, ln in enumerate(lines) if ln.startswith("savings per served task")):]
     other = next(cells(ln) for ln in table if cells(ln)[:1] == [OTHER])
     assert other == [OTHER, "0", "0", "0.0", "0", "0.0", "2", "0.002000"]  # nothing served, two tasks unserved
-    page = (tmp_path / "r.html").read_text()
     assert 'id="savings"' in page and "<td>0.002500</td>" in page and "3 unserved tasks" in page
     data = json.loads(runner.invoke(app, ["finance", "report", "--no-sync", "--json"]).stdout)
     assert data["savings"]["total"]["unserved"] == {"tasks": 3, "cost": "0.002500"}
