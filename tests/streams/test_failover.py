@@ -97,6 +97,11 @@ async def test_a_retryable_failure_reported_on_kafka_is_routed_again_linked_and_
     assert (again.decision_id, again.attempt, again.deadline) == (fb["decision_id"], 2, first.deadline)
     assert again.task == first.task  # the payload untouched, through the report and back
 
+    # Prometheus: one failure (the copy is a duplicate, not a second failure) and one fallback
+    assert _metric(s.metrics_port, "dispatch_executor_outcomes_total", executor="llm-large", outcome="failed",
+                   error_class="retryable") == 1
+    assert _metric(s.metrics_port, "dispatch_fallbacks_total", executor="llm-large", outcome="downgraded") == 1
+
     # the ledger: the failed attempt's partial cost charged once, only the fallback reserved
     [key] = [k async for k in redis_client.scan_iter("dc:budget:global-daily:*")]
     state = await RedisLedger(redis_client).scope(key)
