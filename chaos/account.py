@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -301,6 +302,8 @@ class Chains:
     faults: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)  # failed attempts settled, by error class
     fallbacks: Counter[str] = field(default_factory=Counter)  # fallback decisions, routed or rejected
+    rejected_after: Counter[str] = field(default_factory=Counter)  # rejected fallbacks by their failed parent's tier
+    rejected_why: Counter[str] = field(default_factory=Counter)  # rejected fallbacks by rationale (digits as #)
 
     @property
     def doubled(self) -> int:
@@ -341,6 +344,11 @@ def _chains(c: Crossed, decisions: dict[str, dict[str, Any]],
     out.faults["fallback unexpected"] = len(set(contents) - expected)
     for did in contents:
         out.fallbacks["routed" if decisions[did]["assigned_tier"] else "rejected"] += 1
+        parent = decisions.get(decisions[did].get("parent_decision_id") or "")
+        if not decisions[did]["assigned_tier"] and parent is not None:
+            out.rejected_after[f"{parent.get('workload')}/{parent['assigned_tier']}"] += 1
+        if not decisions[did]["assigned_tier"]:
+            out.rejected_why[re.sub(r"[0-9]+(\.[0-9]+)?", "#", str(decisions[did].get("rationale", "")))[:160]] += 1
     return out
 
 
@@ -475,6 +483,8 @@ def account(name: str, c: Crossed, expect: Expect, ledger: Ledger, *, live: Cros
             "missing_decisions": sorted(missing_decisions)[:20], "unreceived": sorted(unreceived)[:20],
             "uncharged": sorted(uncharged)[:20], "duplicate_runs": sorted(d for d, i in runs.items() if len(i) > 1)[:20],
             "failures": dict(chains.failures), "fallbacks": dict(chains.fallbacks),
+            "fallbacks_rejected_after": dict(chains.rejected_after),
+            "fallbacks_rejected_why": dict(chains.rejected_why.most_common(8)),
             "fallback_faults": {k: n for k, n in chains.faults.items() if n},
             "circuit_changes": dict(Counter(f"{e['from_state']}->{e['to_state']}" for e in c.circuits)),
             "circuit_opens": sum(1 for e in c.circuits if e["to_state"] == "open"),
