@@ -9,14 +9,16 @@ the broker acknowledged it.
 The columns, precisely:
 
 tasks_in
-    Inputs acknowledged by the broker that must each get one decision event: valid tasks
+    Inputs acknowledged by the broker that must each get one (first) decision event: valid tasks
     (decision id ``decision_id_for(service, task_id)``), plus, in the poison scenario, the
     invalid task with a readable task id (its ``invalid_decision_id``) and the reused task id
     (its ``conflict_decision_id``). Poison inputs with no readable id are not tasks; they
     must each reach the dead-letter topic (see ``lost``).
 distinct_decisions
-    Distinct ``(decision_id, outcome, assigned_tier, reserved)`` among all decision events.
-    Equals ``tasks_in`` exactly when every task has one decision, never two different ones.
+    Distinct ``(decision_id, outcome, assigned_tier, reserved)`` among first decision events
+    (``attempt`` absent or 1). Equals ``tasks_in`` exactly when every task has one first
+    decision, never two different ones. Fallback decisions (``attempt`` > 1) are counted
+    apart, in ``fallbacks_doubled``.
 duplicate_events
     Audit events beyond one per ``(decision_id, event kind)``, where the kind of a decision
     event is ``decision`` and that of a settlement event is its settlement kind.
@@ -25,8 +27,20 @@ duplicate_executions
     cost topic (the task really ran twice).
 lost
     Expected decision ids with no decision event, plus routed decisions (decision events with
-    an assigned tier) that no executor received by the end (no report of any outcome on the
-    cost topic), plus poison inputs missing from the dead-letter topic (per reason).
+    an assigned tier, fallbacks included) that no executor received by the end (no report of
+    any outcome on the cost topic), plus poison inputs missing from the dead-letter topic (per
+    reason). A missing fallback decision is counted in ``fallbacks_doubled``.
+fallbacks_doubled
+    The chains of attempts that are not one fallback per retryable failure. A *retryable
+    failure settlement* is a distinct charging settlement event (settled, settled_late or
+    unreserved) with ``outcome`` failed and ``error_class`` retryable; each must name a
+    ``fallback_decision_id`` that has a decision event whose ``parent_decision_id`` is the
+    failed decision (the fallback may be routed or a recorded rejection). Counted: fallback
+    decision ids (``attempt`` > 1) with more than one distinct ``(outcome, assigned_tier,
+    reserved)``; failed decisions whose settlement events name more than one distinct
+    fallback id, or that are the parent of more than one distinct fallback decision id;
+    retryable failure settlements naming no fallback, or one with no decision event or
+    another parent; and fallback decisions no retryable failure settlement names.
 routed_mismatches
     Records on the executor topics whose decision names another executor or tier (or that
     sit on another executor's topic), routed records with no routed decision event, routed
@@ -46,7 +60,14 @@ double_charges
     {expired, settled_late} (an expiry's estimate replaced by the late actual); plus budget
     keys whose Redis ``spent`` differs from the sum of the charges of the distinct settlement
     events on that key (settled and unreserved: actual; expired: reserved; settled_late:
-    actual - reserved).
+    actual - reserved). A failed attempt is settled like any run: its one ``settled`` event
+    (``outcome`` failed) charges the partial cost it reported, once.
+double_reservations
+    Tasks ``(service, task_id)``, located through their decision events, that held more than
+    one open reservation at once in the Redis ledger: in any sample of the open-reservation
+    set ``dc:resv:open`` (taken with the budget samples, one atomic read each) or among the
+    ``dc:resv:<decision id>`` records with status ``reserved`` at the end. A fallback reserves
+    in the same Lua step that settles its failed attempt, so this must be 0.
 uncharged_executions
     Decisions with a ``succeeded`` report but no settlement event that charged the report's
     cost (settled, settled_late or unreserved) by the end. An expiry alone does not count:
@@ -67,6 +88,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -212,6 +234,8 @@ class Ledger:
     max_committed: dict[str, int] = field(default_factory=dict)
     samples: int = 0
     final: dict[str, dict[str, int]] = field(default_factory=dict)  # key -> {spent, reserved, presumed}
+    open_samples: list[tuple[str, ...]] = field(default_factory=list)  # decision ids in dc:resv:open, per sample
+    final_open: list[str] = field(default_factory=list)  # decision ids whose dc:resv record is "reserved" at the end
 
     def sample(self, key: str, spent: int, reserved: int) -> None:
         self.max_committed[key] = max(self.max_committed.get(key, 0), spent + reserved)
@@ -235,6 +259,8 @@ class Row:
     recover_s: float | None
     note: str
     chain_breaks: int = 0
+    fallbacks_doubled: int = 0
+    double_reservations: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     error: str = ""  # the scenario could not run to its end
 
@@ -243,7 +269,8 @@ class Row:
         """Every invariant the default (exactly-once) configuration promises holds."""
         return (not self.error and self.lost == 0 and self.overshoot == 0 and self.double_charges == 0 and self.uncharged_executions == 0
                 and self.duplicate_executions == 0 and self.distinct_decisions == self.tasks_in
-                and self.duplicate_events == 0 and self.routed_mismatches == 0 and self.chain_breaks == 0)
+                and self.duplicate_events == 0 and self.routed_mismatches == 0 and self.chain_breaks == 0
+                and self.fallbacks_doubled == 0 and self.double_reservations == 0)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -261,6 +288,79 @@ def _charges(event: dict[str, Any]) -> int:
             "settled_late": micros(actual - reserved)}.get(event["kind"], 0)
 
 
+def _attempt(decision: dict[str, Any]) -> int:
+    return int(decision.get("attempt") or 1)
+
+
+CHARGING = {"settled", "settled_late", "unreserved"}  # settlement kinds that settle a report (its cost charged)
+
+
+@dataclass
+class Chains:
+    """The fallback chains of one scenario: their faults (``fallbacks_doubled``) and what happened."""
+
+    faults: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)  # failed attempts settled, by error class
+    fallbacks: Counter[str] = field(default_factory=Counter)  # fallback decisions, routed or rejected
+    rejected_after: Counter[str] = field(default_factory=Counter)  # rejected fallbacks by their failed parent's tier
+    rejected_why: Counter[str] = field(default_factory=Counter)  # rejected fallbacks by rationale (digits as #)
+
+    @property
+    def doubled(self) -> int:
+        return sum(self.faults.values())
+
+
+def _chains(c: Crossed, decisions: dict[str, dict[str, Any]],
+            settlements: dict[tuple[str, str], dict[str, Any]]) -> Chains:
+    """``fallbacks_doubled`` (see the module docstring), by kind of fault, and the failure and fallback counts."""
+    out = Chains()
+    contents: dict[str, set[tuple[Any, ...]]] = defaultdict(set)
+    children: dict[str, set[str]] = defaultdict(set)  # failed decision -> fallback decision ids naming it parent
+    for d in c.decisions:
+        if _attempt(d) > 1:
+            contents[d["decision_id"]].add((d["outcome"], d["assigned_tier"], d["reserved"]))
+            children[d.get("parent_decision_id") or ""].add(d["decision_id"])
+    out.faults["fallback with two contents"] = sum(1 for v in contents.values() if len(v) > 1)
+    named: dict[str, set[str]] = defaultdict(set)  # failed decision -> fallback ids its settlement events name
+    for e in c.settlements:
+        if e.get("fallback_decision_id"):
+            named[e["decision_id"]].add(e["fallback_decision_id"])
+    out.faults["failed attempt with two fallbacks"] = sum(
+        1 for p in set(named) | set(children) if len(named.get(p, set()) | children.get(p, set())) > 1)
+    expected: set[str] = set()
+    for e in settlements.values():
+        if e["kind"] not in CHARGING or e.get("outcome") != "failed":
+            continue
+        out.failures[e.get("error_class") or "unknown"] += 1
+        if e.get("error_class") != "retryable":
+            continue
+        child = e.get("fallback_decision_id")
+        if not child:
+            out.faults["retryable failure without fallback"] += 1
+            continue
+        expected.add(child)
+        if child not in decisions or decisions[child].get("parent_decision_id") != e["decision_id"]:
+            out.faults["fallback missing"] += 1
+    out.faults["fallback unexpected"] = len(set(contents) - expected)
+    for did in contents:
+        out.fallbacks["routed" if decisions[did]["assigned_tier"] else "rejected"] += 1
+        parent = decisions.get(decisions[did].get("parent_decision_id") or "")
+        if not decisions[did]["assigned_tier"] and parent is not None:
+            out.rejected_after[f"{parent.get('workload')}/{parent['assigned_tier']}"] += 1
+        if not decisions[did]["assigned_tier"]:
+            out.rejected_why[re.sub(r"[0-9]+(\.[0-9]+)?", "#", str(decisions[did].get("rationale", "")))[:160]] += 1
+    return out
+
+
+def _double_reservations(decisions: dict[str, dict[str, Any]], ledger: Ledger) -> int:
+    """Tasks that held two open reservations at once, in a ledger sample or at the end (``double_reservations``)."""
+    doubled: set[tuple[str, str]] = set()
+    for ids in [*ledger.open_samples, tuple(ledger.final_open)]:
+        held = Counter((decisions[d]["service"], decisions[d]["task_id"]) for d in ids if d in decisions)
+        doubled |= {t for t, n in held.items() if n > 1}
+    return len(doubled)
+
+
 def account(name: str, c: Crossed, expect: Expect, ledger: Ledger, *, live: Crossed | None = None,
             recover: list[float | None] | None = None, notes: Iterable[str] = ()) -> Row:
     """The row for one scenario (see the module docstring for each column).
@@ -268,7 +368,8 @@ def account(name: str, c: Crossed, expect: Expect, ledger: Ledger, *, live: Cros
     ``c`` is everything read back at the end; ``live`` is what the tail saw as it arrived (for latency).
     """
     decisions = {d["decision_id"]: d for d in c.decisions}
-    distinct = {(d["decision_id"], d["outcome"], d["assigned_tier"], d["reserved"]) for d in c.decisions}
+    distinct = {(d["decision_id"], d["outcome"], d["assigned_tier"], d["reserved"]) for d in c.decisions
+                if _attempt(d) <= 1}
     event_keys = Counter([(d["decision_id"], "decision") for d in c.decisions]
                          + [(e["decision_id"], e["kind"]) for e in c.settlements])
     duplicate_events = sum(n - 1 for n in event_keys.values())
@@ -316,6 +417,8 @@ def account(name: str, c: Crossed, expect: Expect, ledger: Ledger, *, live: Cros
                         if e["kind"] in ("settled", "settled_late")), Decimal(0))
 
     uncharged = {did for did in runs if not kinds[did] & REPORTED}
+    chains = _chains(c, decisions, settlements)
+    double_reservations = _double_reservations(decisions, ledger)
 
     limits: dict[str, Decimal] = {}
     for d in c.decisions:
@@ -352,6 +455,10 @@ def account(name: str, c: Crossed, expect: Expect, ledger: Ledger, *, live: Cros
         note.append(f"spent != settlements on {len(spent_off)} keys (off by {from_micros(sum(spent_off.values()))})")
     if reserved_left:
         note.append(f"reserved left {from_micros(sum(reserved_left.values()))} on {len(reserved_left)} keys")
+    if chains.doubled:
+        note.append(f"{chains.doubled} fallback chain faults ({', '.join(f'{n} {k}' for k, n in chains.faults.items() if n)})")
+    if double_reservations:
+        note.append(f"{double_reservations} tasks held two open reservations at once")
     if c.unreadable:
         note.append(f"{len(c.unreadable)} unreadable records")
     if len(rec) != len(known):
@@ -364,6 +471,7 @@ def account(name: str, c: Crossed, expect: Expect, ledger: Ledger, *, live: Cros
         duplicate_events=duplicate_events, duplicate_executions=duplicate_executions, lost=lost,
         routed_mismatches=routed_mismatches, overshoot=from_micros(max(0, over)), actual_above_estimate=actual_above,
         double_charges=double_charges, uncharged_executions=len(uncharged),
+        fallbacks_doubled=chains.doubled, double_reservations=double_reservations,
         recover_s=round(max(known), 2) if known and len(known) == len(rec) else None, note="; ".join(note),
         extra={
             "recover_each_s": [None if r is None else round(r, 2) for r in rec],
@@ -374,6 +482,12 @@ def account(name: str, c: Crossed, expect: Expect, ledger: Ledger, *, live: Cros
             "e2e_p95_ms": round(pct(latencies, 0.95), 1) if latencies else None,
             "missing_decisions": sorted(missing_decisions)[:20], "unreceived": sorted(unreceived)[:20],
             "uncharged": sorted(uncharged)[:20], "duplicate_runs": sorted(d for d, i in runs.items() if len(i) > 1)[:20],
+            "failures": dict(chains.failures), "fallbacks": dict(chains.fallbacks),
+            "fallbacks_rejected_after": dict(chains.rejected_after),
+            "fallbacks_rejected_why": dict(chains.rejected_why.most_common(8)),
+            "fallback_faults": {k: n for k, n in chains.faults.items() if n},
+            "circuit_changes": dict(Counter(f"{e['from_state']}->{e['to_state']}" for e in c.circuits)),
+            "circuit_opens": sum(1 for e in c.circuits if e["to_state"] == "open"),
             "spent_off_micros": spent_off, "reserved_left_micros": reserved_left, "unreadable": c.unreadable[:5],
         },
     )

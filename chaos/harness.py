@@ -33,6 +33,7 @@ from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from dispatch_core import keys
 from dispatch_core.policy import Policy, load_policy
 from dispatch_core.settings import Settings
 from stack import LocalStack, process
@@ -482,6 +483,7 @@ class Rig:
         breaks = [c.broken for c in verified.chains.values() if c.broken] + verified.problems
         self.notes += [f"audit chain broken: {b.kind} at {b.partition}/{b.offset}: {b.detail}" for b in breaks[:3]]
         self.ledger.final = await self._budgets()
+        self.ledger.final_open = await self._open_reservations()
         held = await self._held_claims()
         if held:
             self.notes.append(f"{held} execution claims still held (run:<owner>, never done)")
@@ -548,6 +550,9 @@ class Rig:
                             values = await pipe.execute()
                         for k, (spent, reserved) in zip(found, values, strict=True):
                             self.ledger.sample(k, int(spent or 0), int(reserved or 0))
+                    held = await redis.zrange(keys.OPEN_RESERVATIONS, 0, -1)  # one atomic read of the open set
+                    if len(held) > 1:  # one reservation cannot be two of one task
+                        self.ledger.open_samples.append(tuple(str(d) for d in held))
                     self.ledger.samples += 1
                 except (RedisError, OSError):
                     pass  # Redis is down on purpose in some scenarios
@@ -564,6 +569,21 @@ class Rig:
             claims = [k async for k in redis.scan_iter("dc:claim:*", count=1000)]
             values = await redis.mget(claims) if claims else []
             return len([v for v in values if isinstance(v, str) and v.startswith("run:")])
+        finally:
+            await redis.aclose()
+
+    async def _open_reservations(self) -> list[str]:
+        """Decision ids whose reservation record (``dc:resv:<id>``) is still ``reserved``."""
+        redis = Redis.from_url(self.settings.redis_url, decode_responses=True)
+        prefix = keys.reservation("")
+        try:
+            found = [k async for k in redis.scan_iter(f"{prefix}*", count=1000)
+                     if k not in (keys.OPEN_RESERVATIONS, keys.UNRECORDED_EXPIRIES)]
+            out = []
+            for k in found:
+                if await redis.type(k) == "hash" and await redis.hget(k, "status") == "reserved":
+                    out.append(k.removeprefix(prefix))
+            return out
         finally:
             await redis.aclose()
 

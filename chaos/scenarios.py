@@ -192,6 +192,41 @@ async def executor_kill(stack: PrivateStack, quick: bool) -> list[Row]:
     return [row]
 
 
+#: Flaky executors: 30% of runs fail, a fifth of those permanently, after 30% of the work (charged).
+FLAKY = ("--failure-rate", "0.3", "--permanent-share", "0.2", "--partial-cost", "0.3")
+
+
+async def executor_failures(stack: PrivateStack, quick: bool) -> list[Row]:
+    """Flaky executors (retryable and permanent failures with partial costs) and the worker SIGKILLed twice.
+
+    Every task has a 60 s SLA, so fallbacks are decided on tiers and circuits, not rejected for
+    the time left. Circuits open after 3 failures in a row and probe after 3 s, so they change
+    within the run. The account checks each retryable failure got exactly one fallback
+    (``fallbacks_doubled``), that the partial costs were charged once (``double_charges``) and
+    that no task ever held two reservations (``double_reservations``).
+    """
+    n, rate, kills = (400, 100.0, 2) if quick else (1500, 150.0, 2)
+    async with Rig(stack, "executor-failures", quick=quick, circuit_consecutive_failures=3,
+                   circuit_cooldown_s=3.0, circuit_probe_pct=50.0) as rig:
+        base = await _start(rig, "ef", executor_args=FLAKY)
+        rig.feed(mixed(n, "ef", sla_ms=60_000), rate)
+        for k in range(1, kills + 1):
+            at = k * n // (kills + 1)
+            await rig.until(lambda: rig.decided() - base >= at, f"{at} decisions", 120)  # noqa: B023
+            f = rig.fault()
+            rig.kill("w1")
+            rig.start_worker("w1")
+            rig.lift(f)
+        row = await rig.finish(notes=[f"{kills} worker SIGKILLs in {n} tasks at {rate:g}/s"])
+    x = row.extra
+    fails, fb = x["failures"], x["fallbacks"]
+    changes = sum(x["circuit_changes"].values())
+    row.note = "; ".join([f"{fails.get('retryable', 0)} retryable + {fails.get('permanent', 0)} permanent failures, "
+                          f"{fb.get('routed', 0)} fallbacks routed + {fb.get('rejected', 0)} rejected, "
+                          f"{changes} circuit changes ({x['circuit_opens']} opens)", row.note])
+    return [row]
+
+
 async def poison(stack: PrivateStack, quick: bool) -> list[Row]:
     """Poison inputs interleaved with valid tasks, against a clean run of the same valid tasks at the same rate.
 
@@ -227,4 +262,5 @@ SCENARIOS: dict[str, Scenario] = {
     "budget": budget,
     "executor-kill": executor_kill,
     "poison": poison,
+    "executor-failures": executor_failures,
 }

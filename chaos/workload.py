@@ -47,8 +47,12 @@ def valid_task(task: dict[str, Any]) -> Input:
     return Input(key=task["task_id"].encode(), task=task, decision_id=decision_id_for(task["service"], task["task_id"]))
 
 
-def mixed(n: int, prefix: str, *, seed: int = 7, services: int = 4) -> list[Input]:
-    """``n`` valid tasks of the three workload classes over ``3 * services`` services (spread over partitions)."""
+def mixed(n: int, prefix: str, *, seed: int = 7, services: int = 4, sla_ms: float | None = None) -> list[Input]:
+    """``n`` valid tasks of the three workload classes over ``3 * services`` services (spread over partitions).
+
+    ``sla_ms``: every task's latency SLA (None: the class default), e.g. long enough that a
+    fallback is not rejected for the time left.
+    """
     rnd = random.Random(seed)
     out = []
     for i in range(n):
@@ -63,15 +67,18 @@ def mixed(n: int, prefix: str, *, seed: int = 7, services: int = 4) -> list[Inpu
         else:
             task["features"] = {"cpu_ms": round(rnd.lognormvariate(4.5, 1.2), 2),
                                 "payload_bytes": int(rnd.lognormvariate(11, 2))}
+        if sla_ms is not None:
+            task["sla_ms"] = sla_ms
         out.append(valid_task(task))
     return out
 
 
-def llm_only(n: int, prefix: str, *, seed: int = 11, services: int = 12) -> list[Input]:
-    """``n`` LLM tasks over ``services`` services, for the budget scenario (one class, one cap)."""
+def llm_only(n: int, prefix: str, *, seed: int = 11, services: int = 12, sla_ms: float | None = None) -> list[Input]:
+    """``n`` LLM tasks over ``services`` services, for the budget scenario (one class, one cap); ``sla_ms`` as in ``mixed``."""
     rnd = random.Random(seed)
+    extra: dict[str, Any] = {} if sla_ms is None else {"sla_ms": sla_ms}
     return [valid_task({"task_id": f"{prefix}-{i}", "service": f"svc-{i % services}", "workload": "llm",
-                        "features": {"tokens": 300 + rnd.randint(0, 8000)}}) for i in range(n)]
+                        "features": {"tokens": 300 + rnd.randint(0, 8000)}, **extra}) for i in range(n)]
 
 
 POISON_KINDS = ("null_value", "not_utf8", "too_deep", "too_large", "not_json", "invalid", "conflict")

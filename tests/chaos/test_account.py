@@ -116,3 +116,81 @@ def test_a_childs_cause_of_death_is_its_last_real_exception_and_where():
     ])
     assert last_error(log) == ("aiokafka.errors.LeaderNotAvailableError: [Error 5] LeaderNotAvailableError "
                                "(via executor.py:180 _execute)")
+
+
+def fallback_of(parent: str, did: str, tier: str | None = "medium", attempt: int = 2) -> dict[str, Any]:
+    return {**decision(did, tier=tier), "attempt": attempt, "parent_decision_id": parent}
+
+
+def failed(did: str, fallback: str | None, error_class: str = "retryable", kind: str = "settled",
+           actual: str = "0.3") -> dict[str, Any]:
+    return {**settlement(did, kind, actual=actual), "outcome": "failed", "error_class": error_class,
+            "fallback_decision_id": fallback}
+
+
+def chain() -> Crossed:
+    """d0 fails retryably (partial cost 0.3) and falls back to f0 (routed, succeeds); d1 fails permanently;
+    d2's fallback f2 is a recorded rejection."""
+    c = crossed(3)
+    c.settlements = [failed("d0", "f0"), failed("d1", None, "permanent"), failed("d2", "f2")]
+    c.reports = [report("d0", "r0", "failed"), report("d1", "r1", "failed"), report("d2", "r2", "failed")]
+    c.decisions += [fallback_of("d0", "f0"), fallback_of("d2", "f2", tier=None)]
+    c.routed.append(routed("f0", "medium"))
+    c.reports.append(report("f0", "rf0"))
+    c.settlements.append(settlement("f0", "settled", actual="1.0"))
+    return c
+
+
+def test_a_chain_of_attempts_counts_its_first_decision_once_and_its_partial_cost_once():
+    r = row(chain(), 3, spent=1_900_000)  # 0.3 + 0.3 + 0.3 partial costs + 1.0 for the fallback
+    assert (r.tasks_in, r.distinct_decisions, r.lost, r.duplicate_events, r.double_charges, r.uncharged_executions,
+            r.routed_mismatches, r.fallbacks_doubled, r.double_reservations) == (3, 3, 0, 0, 0, 0, 0, 0, 0) and r.ok
+    assert r.extra["failures"] == {"retryable": 2, "permanent": 1}
+    assert r.extra["fallbacks"] == {"routed": 1, "rejected": 1}
+    assert row(chain(), 3, spent=2_200_000).double_charges == 1  # a partial cost charged twice shows in spent
+
+
+def test_a_redelivered_failure_report_and_fallback_are_duplicates_not_second_fallbacks():
+    c = chain()
+    c.settlements.append({**failed("d0", None), "kind": "duplicate", "actual": Decimal(0)})  # another copy: no fallback
+    c.settlements.append(failed("d0", "f0"))  # the same event written again
+    c.decisions.append(fallback_of("d0", "f0"))
+    r = row(c, 3, spent=1_900_000)
+    assert r.fallbacks_doubled == 0 and r.duplicate_events == 2 and r.distinct_decisions == 3
+
+
+def test_doubled_missing_and_unexpected_fallbacks_are_counted():
+    c = chain()
+    c.decisions.append(fallback_of("d0", "f0", tier="large"))  # f0 with other content
+    r = row(c, 3, spent=1_900_000)
+    assert r.fallbacks_doubled == 1 and r.extra["fallback_faults"] == {"fallback with two contents": 1}
+    c = chain()
+    c.decisions.append(fallback_of("d0", "g0"))  # a second fallback of d0, that no settlement names
+    r = row(c, 3, spent=1_900_000)
+    assert r.extra["fallback_faults"] == {"failed attempt with two fallbacks": 1, "fallback unexpected": 1}
+    c = chain()
+    c.decisions = [d for d in c.decisions if d["decision_id"] != "f2"]  # d2's failure names a fallback never decided
+    c.settlements[0] = failed("d0", None)  # d0's retryable failure names no fallback: f0 is unexpected
+    r = row(c, 3, spent=1_900_000)
+    assert r.extra["fallback_faults"] == {"fallback missing": 1, "retryable failure without fallback": 1,
+                                          "fallback unexpected": 1} and not r.ok
+
+
+def test_a_routed_fallback_that_never_reached_its_executor_is_lost():
+    c = chain()
+    c.reports = [x for x in c.reports if x["decision_id"] != "f0"]
+    c.settlements = [e for e in c.settlements if e["decision_id"] != "f0"]
+    assert row(c, 3, spent=900_000).lost == 1
+
+
+def test_a_task_holding_two_open_reservations_at_once_is_counted():
+    c = chain()
+    for d in c.decisions:
+        d["service"], d["task_id"] = "svc", d.get("parent_decision_id") or d["decision_id"]
+    ledger = Ledger(final={KEY: {"spent": 1_900_000, "reserved": 0, "presumed": 0}},
+                    open_samples=[("d0", "d1"), ("d1", "f0")])  # d1 and f0 are different tasks: fine
+    assert account("t", c, Expect(decisions={"d0", "d1", "d2"}), ledger).double_reservations == 0
+    ledger.open_samples.append(("d0", "f0", "d1"))  # d0's reservation still open when its fallback reserved
+    ledger.final_open = ["d2", "f2"]
+    r = account("t", c, Expect(decisions={"d0", "d1", "d2"}), ledger)
+    assert r.double_reservations == 2 and not r.ok

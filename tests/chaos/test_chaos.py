@@ -32,7 +32,8 @@ def test_quick_chaos_keeps_every_invariant(tmp_path: Path) -> None:
     failures = []
     for r in rows:
         broken = [f"{k}={r[k]}" for k in ("lost", "double_charges", "uncharged_executions", "duplicate_executions",
-                                           "duplicate_events", "routed_mismatches", "chain_breaks") if r[k] != 0]
+                                           "duplicate_events", "routed_mismatches", "chain_breaks", "fallbacks_doubled",
+                                           "double_reservations") if r[k] != 0]
         broken += [f"overshoot={r['overshoot']}"] if Decimal(r["overshoot"]) != 0 else []
         broken += [f"distinct_decisions={r['distinct_decisions']} != tasks_in={r['tasks_in']}"] \
             if r["distinct_decisions"] != r["tasks_in"] else []
