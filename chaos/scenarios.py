@@ -38,19 +38,24 @@ async def _start(rig: Rig, prefix: str, *, workers: int = 1, latency_scale: floa
     return rig.decided()
 
 
+async def _kill_worker(rig: Rig, base: int, n: int, kills: int) -> None:
+    """SIGKILL worker w1 ``kills`` times, evenly through ``n`` decisions, restarting it at once each time."""
+    for k in range(1, kills + 1):
+        at = k * n // (kills + 1)
+        await rig.until(lambda: rig.decided() - base >= at, f"{at} decisions", 120)  # noqa: B023
+        f = rig.fault()
+        rig.kill("w1")
+        rig.start_worker("w1")
+        rig.lift(f)
+
+
 async def worker_kill(stack: PrivateStack, quick: bool) -> list[Row]:
     """The worker SIGKILLed mid-stream several times, each time restarted at once under its name."""
     n, rate, kills = (600, 200.0, 2) if quick else (3000, 300.0, 4)
     async with Rig(stack, "worker-kill", quick=quick) as rig:
         base = await _start(rig, "wk")
         rig.feed(mixed(n, "wk"), rate)
-        for k in range(1, kills + 1):
-            at = k * n // (kills + 1)
-            await rig.until(lambda: rig.decided() - base >= at, f"{at} decisions", 120)  # noqa: B023
-            f = rig.fault()
-            rig.kill("w1")
-            rig.start_worker("w1")
-            rig.lift(f)
+        await _kill_worker(rig, base, n, kills)
         return [await rig.finish(notes=[f"{kills} worker SIGKILLs in {n} tasks at {rate:g}/s"])]
 
 
@@ -210,13 +215,7 @@ async def executor_failures(stack: PrivateStack, quick: bool) -> list[Row]:
                    circuit_cooldown_s=3.0, circuit_probe_pct=50.0) as rig:
         base = await _start(rig, "ef", executor_args=FLAKY)
         rig.feed(mixed(n, "ef", sla_ms=60_000), rate)
-        for k in range(1, kills + 1):
-            at = k * n // (kills + 1)
-            await rig.until(lambda: rig.decided() - base >= at, f"{at} decisions", 120)  # noqa: B023
-            f = rig.fault()
-            rig.kill("w1")
-            rig.start_worker("w1")
-            rig.lift(f)
+        await _kill_worker(rig, base, n, kills)
         row = await rig.finish(notes=[f"{kills} worker SIGKILLs in {n} tasks at {rate:g}/s"])
     x = row.extra
     fails, fb = x["failures"], x["fallbacks"]

@@ -22,7 +22,7 @@ from .output import console, errors, fail, read_settings, run
 
 COLUMNS = ("scenario", "tasks_in", "distinct_decisions", "duplicate_events", "duplicate_executions", "lost",
            "routed_mismatches", "overshoot", "actual_above_estimate", "double_charges", "uncharged_executions",
-           "chain_breaks", "recover_s")
+           "fallbacks_doubled", "double_reservations", "chain_breaks", "recover_s")
 
 
 def render(rows: list[Row], out: Console) -> None:
