@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from dispatch_core.circuit import CircuitConfig, CircuitView
-from dispatch_core.decision import Arm, Decision, Mode, Trigger, attempt_decision_id, decision_id_for
+from dispatch_core.decision import Arm, Decision, Mode, Trigger, decision_id_for
 from dispatch_core.engine import (
     Plan,
     Retry,
@@ -351,11 +351,10 @@ class Dispatcher:
             deadline=first.deadline or task.created_at + timedelta(milliseconds=task.effective_sla_ms),
         )
         failed = FailedAttempt(first.decision_id, report.actual, identity, report.executor, report.charge_scopes)
-        child_id = attempt_decision_id(task.service, task.task_id, retry.attempt)
         now = self.clock()
         for round_no in range(self.max_rounds):
             scope_keys, baseline_key = ledger_keys(policy, task, now)
-            snap, _ = await self.ledger.read(scope_keys, [baseline_key], [child_id])
+            snap, _ = await self.ledger.read(scope_keys, [baseline_key], [])
             await self.ledger.settled_view(snap, first.decision_id, report.actual)
             plan = decide(task, policy, snap, now, mode=first.mode, arm=first.canary_arm,
                           reservation_ttl_s=self.reservation_ttl_s, circuit=self.circuit, retry=retry)

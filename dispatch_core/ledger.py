@@ -110,9 +110,8 @@ class FailedAttempt:
     decision_id: str
     actual: Decimal  # the partial cost charged for the work done
     identity: str  # the failure report's (its record's) identity
-    executor: str
+    executor: str  # its circuit counts the failure
     charge_scopes: Sequence[str] = ()
-    health: Health = "fail"
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,25 +231,25 @@ class RedisLedger:
                                         strict=True):
             model = plan.complexity
             item: dict[str, Any] = {
-                    "d": plan.decision.decision_id,
-                    "h": plan.decision.task_hash,
-                    "cur": plan.decision.currency,
-                    "who": [plan.decision.task_id, plan.decision.service, plan.decision.executor or ""],
-                    "rec": _record(plan.decision, source),
-                    "ttl": self.decision_ttl_ms,
-                    "amt": plan.amount,
-                    "enforce": 1 if plan.enforce else 0,
-                    "scopes": [{"k": c.key, "lim": c.limit, "exp": c.expire_at_ms} for c in plan.charges],
-                    "exp": plan.expires_at_ms,
-                    "bl": {"k": plan.baseline_key, "x": plan.raw_complexity, "a": model.alpha,
-                           "m0": model.prior_mean, "v0": model.prior_std**2},
-                    "tr": [[k, 1 if f else 0, exp] for k, f, exp in plan.trend_flags],
+                "d": plan.decision.decision_id,
+                "h": plan.decision.task_hash,
+                "cur": plan.decision.currency,
+                "who": [plan.decision.task_id, plan.decision.service, plan.decision.executor or ""],
+                "rec": _record(plan.decision, source),
+                "ttl": self.decision_ttl_ms,
+                "amt": plan.amount,
+                "enforce": 1 if plan.enforce else 0,
+                "scopes": [{"k": c.key, "lim": c.limit, "exp": c.expire_at_ms} for c in plan.charges],
+                "exp": plan.expires_at_ms,
+                "bl": {"k": plan.baseline_key, "x": plan.raw_complexity, "a": model.alpha,
+                       "m0": model.prior_mean, "v0": model.prior_std**2},
+                "tr": [[k, 1 if f else 0, exp] for k, f, exp in plan.trend_flags],
             }
             if not plan.update_baseline:
                 item["nb"] = True
             if parent is not None:
                 item["p"] = {"d": parent.decision_id, "act": to_micros(parent.actual), "rid": parent.identity,
-                             "cs": json.dumps(list(parent.charge_scopes)), "ex": parent.executor, "h": parent.health}
+                             "cs": json.dumps(list(parent.charge_scopes)), "ex": parent.executor}
             items.append(item)
         if not items:
             return [], Snapshot()

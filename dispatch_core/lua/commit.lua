@@ -10,7 +10,7 @@
 --    was counted by its first decision),
 --    p: (a fallback only) the failed attempt to settle in the same step: {d: its decision id,
 --       act: partial cost (micro-units), cs: JSON budget keys to charge if it held no reservation,
---       rid: the failure report's identity, ex: its executor, h: 'fail' | '' for its circuit}}
+--       rid: the failure report's identity, ex: its executor (whose circuit counts the failure)}}
 -- ARGV[2]: JSON {s: [budget keys], b: [baseline keys]} whose state to report after the batch.
 -- ARGV[3]: JSON {now: ms, cfg: circuit config, rttl: reservation record TTL ms, bttl: budget key TTL ms}
 --    (used by fallbacks only).
@@ -34,14 +34,8 @@ local seq = tonumber(redis.call('GET', 'dc:seq')) or 0
 local numbered = 0
 -- the failed attempt's settlement as it stands (a replay of the same report gets its reply back)
 local function parent_reply(p)
-  local r = redis.call('HMGET', 'dc:resv:' .. p.d, 'amt', 'scopes', 'status', 'actual', 'kind', 'rid', 'cur')
-  if r[3] ~= 'settled' then
-    return ''
-  end
-  if r[6] == p.rid then
-    return cjson.encode({r[5], tonumber(r[1]), r[2], tonumber(r[4]), r[7] or ''})
-  end
-  return cjson.encode({'duplicate', tonumber(r[1]), r[2], 0, r[7] or ''})
+  local r = reservation(p.d)
+  return r[3] == 'settled' and cjson.encode(settled_reply(r, p.rid)) or ''
 end
 for _, it in ipairs(items) do
   local dkey = 'dc:decision:' .. it.d
@@ -87,8 +81,8 @@ for _, it in ipairs(items) do
       local settled = ''
       if p then
         local reply, fresh = settle_one(p.d, p.act, p.cs, env.rttl, env.bttl, p.rid)
-        if fresh and p.h ~= '' then
-          circuit_record(p.ex, p.h == 'fail', env.now, env.cfg, p.d)
+        if fresh then  -- a retryable failure: it counts against its executor's circuit
+          circuit_record(p.ex, true, env.now, env.cfg, p.d)
         end
         settled = cjson.encode(reply)
       end

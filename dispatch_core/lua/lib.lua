@@ -1,11 +1,25 @@
 -- Functions shared by settle.lua and commit.lua (the ledger prepends this file to both):
 -- settling one decision's reservation, and recording an executor's outcome in its circuit.
 
+-- The reservation record a settlement reads and writes: {amt, scopes, status, actual, kind, rid, cur}.
+local function reservation(id)
+  return redis.call('HMGET', 'dc:resv:' .. id, 'amt', 'scopes', 'status', 'actual', 'kind', 'rid', 'cur')
+end
+
+-- The reply for a reservation `r` already settled, to report `rid`: its first reply again if
+-- `rid` made it, else a duplicate that charged nothing.
+local function settled_reply(r, rid)
+  if r[6] == rid then
+    return {r[5], tonumber(r[1]), r[2], tonumber(r[4]), r[7] or ''}
+  end
+  return {'duplicate', tonumber(r[1]), r[2], 0, r[7] or ''}
+end
+
 -- The effect settling decision `id` with `actual` would have on each budget key's committed
 -- spend, and its reservation record: reserved or expired -> actual - amount on its scopes;
 -- no reservation -> + actual on `charge_scopes` (a fail-open route's budget keys).
 local function settle_delta(id, actual, charge_scopes)
-  local r = redis.call('HMGET', 'dc:resv:' .. id, 'amt', 'scopes', 'status', 'actual', 'kind', 'rid', 'cur')
+  local r = reservation(id)
   local delta = {}
   if r[3] == 'settled' then
     return delta, r
@@ -27,7 +41,7 @@ end
 -- actual cost is charged to `charge_scopes`), duplicate.
 local function settle_one(id, actual, charge_scopes, resv_ttl, budget_ttl, rid)
   local rkey = 'dc:resv:' .. id
-  local r = redis.call('HMGET', rkey, 'amt', 'scopes', 'status', 'actual', 'kind', 'rid', 'cur')
+  local r = reservation(id)
   local function charge(scopes_json, amount)
     for _, k in ipairs(cjson.decode(scopes_json)) do
       redis.call('HINCRBY', k, 'spent', amount)
@@ -43,10 +57,7 @@ local function settle_one(id, actual, charge_scopes, resv_ttl, budget_ttl, rid)
     return {kind, amt, scopes, actual, r[7] or ''}, true
   end
   if r[3] == 'settled' then
-    if r[6] == rid then
-      return {r[5], tonumber(r[1]), r[2], tonumber(r[4]), r[7] or ''}, false
-    end
-    return {'duplicate', tonumber(r[1]), r[2], 0, r[7] or ''}, false
+    return settled_reply(r, rid), false
   end
   if not r[1] then
     charge(charge_scopes, actual)
