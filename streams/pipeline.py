@@ -58,7 +58,6 @@ class _Part:
     next_offset: int = 0
     decisions: list[Decision] = field(default_factory=list)  # counted in metrics once written
     settlements: list[SettlementEvent] = field(default_factory=list)
-    fallbacks: list[tuple[str, Decision]] = field(default_factory=list)  # (failed executor, its fallback)
     dead: list[str] = field(default_factory=list)  # dead-letter reasons, for metrics
     repeats: int = 0  # inputs that repeated a task already decided for another input
 
@@ -298,8 +297,9 @@ class Pipeline:
             if e.outcome is not None and e.kind != SettlementKind.DUPLICATE:
                 metrics.EXECUTOR_OUTCOMES.labels(executor=e.executor or "unknown", outcome=e.outcome,
                                                  error_class=e.error_class or "").inc()
-        for executor, d in part.fallbacks:
-            metrics.FALLBACKS.labels(executor=executor, outcome=d.outcome.value).inc()
+        for d in part.decisions:
+            if d.parent_decision_id is not None:  # a fallback: the executor that failed is the last excluded
+                metrics.FALLBACKS.labels(executor=d.excluded_executors[-1], outcome=d.outcome.value).inc()
         for reason in part.dead:
             metrics.DLQ.labels(reason=reason).inc()
         metrics.REPEATS.inc(part.repeats)
@@ -375,7 +375,6 @@ class Pipeline:
             if failed.fallback is not None:
                 part.outs.extend(self._decided(failed.fallback, failed.task, failed.task_text))
                 part.decisions.append(failed.fallback)
-                part.fallbacks.append((report.executor, failed.fallback))
         return plan
 
     def _decided(self, decision: Decision, task: Task | None, text: str) -> list[Out]:
