@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from schemas.chain import GENESIS, HMAC, content_of, link_matches
 from schemas.codec import AuditEncodingError, read_body
 from schemas.registry import split  # either format: single-object, or Confluent through the registry
-from workers.finance_rules import ACTUAL_KINDS
+from workers.finance_rules import ACTUAL_KINDS, chains_of
 from workers.finance_store import FinanceStore, dict_rows
 
 #: The standard triggers in the order the engine applies them, with the words its rationale uses.
@@ -49,34 +49,16 @@ def find(store: FinanceStore, ident: str) -> list[dict[str, Any]]:
 
 
 def chains(store: FinanceStore, found: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """The chains of attempts the ``found`` decisions belong to, each oldest attempt first, the chains
-    in the order their first attempts were decided. A chain is a first decision and the fallbacks
-    linked to it by ``parent_decision_id``; a decision whose parent is not in the store starts one."""
+    """The chains of attempts (``finance_rules.chains_of``) the ``found`` decisions belong to, each
+    oldest attempt first, the chains in the order their first attempts were decided."""
     tasks = sorted({(d["service"], d["task_id"]) for d in found})
     every = _rows(store, "SELECT * FROM decisions WHERE list_contains(?, [service, task_id]) "
                          "ORDER BY attempt, decided_at, decision_id", [[list(t) for t in tasks]])
-    by_id = {d["decision_id"]: d for d in every}
-    child: dict[str, dict[str, Any]] = {}
-    for d in every:
-        if d["parent_decision_id"] in by_id:
-            child.setdefault(d["parent_decision_id"], d)
-
-    def root(d: dict[str, Any]) -> dict[str, Any]:
-        seen = {d["decision_id"]}
-        while d["parent_decision_id"] in by_id and d["parent_decision_id"] not in seen:
-            d = by_id[d["parent_decision_id"]]
-            seen.add(d["decision_id"])
-        return d
-
-    roots = {r["decision_id"]: r for r in (root(by_id.get(d["decision_id"], d)) for d in found)}
-    out = []
-    for r in sorted(roots.values(), key=lambda r: (r["decided_at"], r["decision_id"])):
-        chain, ids = [r], {r["decision_id"]}
-        while chain[-1]["decision_id"] in child and child[chain[-1]["decision_id"]]["decision_id"] not in ids:
-            chain.append(child[chain[-1]["decision_id"]])
-            ids.add(chain[-1]["decision_id"])
-        out.append(chain)
-    return out
+    wanted = {d["decision_id"] for d in found}
+    linked = chains_of(every, lambda d: d["decision_id"], lambda d: d["parent_decision_id"],
+                       lambda d: (d["attempt"], d["decided_at"], d["decision_id"]))
+    out = [c for c in linked if wanted & {d["decision_id"] for d in c}]
+    return sorted(out, key=lambda c: (c[0]["decided_at"], c[0]["decision_id"]))
 
 
 def _settlements(store: FinanceStore, decision_id: str) -> list[dict[str, Any]]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 #: The design discussion's rule: "if only two services use it after 90 days, sunset it".
 SUNSET_AFTER = dt.timedelta(days=90)
@@ -76,32 +76,48 @@ def realised_cost(assigned_tier: str | None, estimate_assigned: Decimal, actual:
     return actual if actual is not None else estimate_assigned
 
 
-def task_costs(attempts: Iterable[Attempt]) -> list[CostRow]:
-    """One ``CostRow`` per task whose first decision was routed, from its decisions.
+T = TypeVar("T")
 
-    A task is a chain: a first decision (one whose parent is not among ``attempts``: a first attempt,
-    or a fallback whose parent is missing) and the fallbacks linked to it by ``parent_decision_id``
-    (the lowest attempt when a decision has several). Its cost is the sum of its attempts'
-    ``realised_cost`` (failed attempts' partial costs included: money spent); its counterfactuals are
-    its first decision's, once. It is *served* unless its last attempt was rejected or its executor
-    reported ``failed`` or ``expired``. A task whose first decision was rejected ran nothing: no row.
-    """
-    by_id = {a.decision_id: a for a in attempts}
-    child: dict[str, list[Attempt]] = defaultdict(list)
-    for a in by_id.values():
-        if a.parent_decision_id in by_id:
-            child[a.parent_decision_id].append(a)
-    rows = []
-    for first in by_id.values():
-        if first.parent_decision_id in by_id or first.assigned_tier is None:
+
+def chains_of(items: Iterable[T], ident: Callable[[T], str], parent: Callable[[T], str | None],
+              rank: Callable[[T], Any]) -> list[list[T]]:
+    """A task's attempts, as chains: each first decision (one whose parent is not among ``items``: a
+    first attempt, or a fallback whose parent is missing), then the fallback linked to the chain's last
+    decision by ``parent`` (the lowest ``rank`` when it has several), until there is none. First
+    decisions in ``items`` order."""
+    by_id = {ident(x): x for x in items}
+    children: dict[str, list[T]] = defaultdict(list)
+    for x in by_id.values():
+        if (p := parent(x)) in by_id:
+            children[p].append(x)
+    out = []
+    for root in by_id.values():
+        if parent(root) in by_id:
             continue
-        chain, seen = [first], {first.decision_id}
-        while nxt := [c for c in child.get(chain[-1].decision_id, []) if c.decision_id not in seen]:
-            chain.append(min(nxt, key=lambda c: (c.attempt, c.decision_id)))
-            seen.add(chain[-1].decision_id)
+        chain, seen = [root], {ident(root)}
+        while nxt := [c for c in children.get(ident(chain[-1]), []) if ident(c) not in seen]:
+            chain.append(min(nxt, key=rank))
+            seen.add(ident(chain[-1]))
+        out.append(chain)
+    return out
+
+
+def task_costs(attempts: Iterable[Attempt]) -> list[CostRow]:
+    """One ``CostRow`` per task (``chains_of``) whose first decision was routed.
+
+    Its cost is the sum of its attempts' ``realised_cost`` (failed attempts' partial costs
+    included: money spent); its counterfactuals are its first decision's, once. It is *served*
+    unless its last attempt was rejected or its executor reported ``failed`` or ``expired``. A
+    task whose first decision was rejected ran nothing: no row.
+    """
+    rows = []
+    for chain in chains_of(attempts, lambda a: a.decision_id, lambda a: a.parent_decision_id,
+                           lambda a: (a.attempt, a.decision_id)):
+        first, last = chain[0], chain[-1]
+        if first.assigned_tier is None:
+            continue
         cost = sum((realised_cost(a.assigned_tier, a.estimate_assigned, a.actual) or Decimal(0) for a in chain),
                    Decimal(0))
-        last = chain[-1]
         served = last.assigned_tier is not None and last.report_outcome not in UNSERVED_OUTCOMES
         rows.append(CostRow(first.service, cost, first.untiered, first.complexity, served, len(chain)))
     return rows
